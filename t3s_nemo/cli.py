@@ -1,0 +1,136 @@
+"""`t3s`: one subcommand per pipeline stage. Thin: parse, call the stage, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from t3s_nemo.console import console
+from t3s_nemo.errors import T3SError
+
+app = typer.Typer(
+    name="t3s",
+    help=(
+        "T3S (Training-Trajectory-Aware Token Selection) on megatron-core.\n\n"
+        "Pipeline: data pack -> sft (snapshot per step) -> bottleneck (lowest train accuracy) -> "
+        "profile (delta log p between theta_0 and theta_b) -> mask -> train (masked, from theta_0) -> export. "
+        "`t3s demo` runs all of it on bundled tiny data on CPU."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Pack, inspect and extend packed datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+# ---- data ----------------------------------------------------------------------------------------
+@data_app.command("pack")
+def data_pack(
+    input: Annotated[list[Path], typer.Option("--input", "-i", help="JSONL file, directory of *.jsonl, or a saved HF dataset directory; repeat for several.")],
+    tokenizer: Annotated[Path, typer.Option(help="Local Hugging Face tokenizer directory (its chat template formats the examples).")],
+    seq_length: Annotated[int, typer.Option("--seq-length", help="Tokens per packed bin (the training sequence length).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (created; must not exist unless --overwrite).")],
+    on_overflow: Annotated[str, typer.Option(help="Examples longer than --seq-length: error | drop | truncate (the response).")] = "error",
+    template: Annotated[str, typer.Option(help="auto (chat template if the tokenizer has one) | chat | plain (prompt + response + eos).")] = "auto",
+    prompt_field: Annotated[str, typer.Option(help="Field holding the prompt.")] = "prompt",
+    response_field: Annotated[str, typer.Option(help="Field holding the teacher response.")] = "response",
+    answer_field: Annotated[str, typer.Option(help="Field holding the gold answer ('' if the data has none).")] = "answer",
+    messages_field: Annotated[str, typer.Option(help="Field holding a chat `messages` list (used instead of prompt/response when present).")] = "messages",
+    id_field: Annotated[str, typer.Option(help="Field holding a unique example id (default: position in the input).")] = "id",
+    system_prompt: Annotated[str, typer.Option(help="System message prepended in chat format.")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+):
+    """Tokenize (prompt, response, answer) examples and pack them into a Megatron indexed dataset.
+
+    Each example becomes one sequence; examples are packed whole into bins of --seq-length tokens
+    (first-fit-decreasing). Channels: tokens (int32) and loss_mask (uint8, 1 on response tokens);
+    meta.json keeps the tokenizer fingerprint, ids, gold answers and prompt lengths.
+    """
+    from t3s_nemo.data.pack import PackOptions, pack
+    from t3s_nemo.data.source import Fields
+
+    opts = PackOptions(
+        seq_length=seq_length, on_overflow=on_overflow, template=template, system_prompt=system_prompt,
+        fields=Fields(prompt=prompt_field, response=response_field, answer=answer_field,
+                      messages=messages_field, id=id_field),
+        overwrite=overwrite,
+    )
+    s = pack(input, tokenizer, output, opts)
+    for line in s.lines():
+        console.print(line)
+    console.print(f"wrote {s.output}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Annotated[Path, typer.Argument(help="Packed dataset directory.")],
+    example: Annotated[Optional[str], typer.Option(help="Example id or index to decode (default: the first).")] = None,
+    mark: Annotated[Optional[str], typer.Option(help="uint8 channel whose 0s are shown struck out (default: t3s_mask if present).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON only.")] = False,
+):
+    """Counts, token totals, mask ratio per channel, and one decoded example with masked tokens marked."""
+    from t3s_nemo.data.inspect import render_example, summary, summary_table
+    from t3s_nemo.data.packed import PackedDataset
+
+    ds = PackedDataset(path)
+    s = summary(ds)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+        return
+    out = console.__class__(highlight=False)  # stdout
+    out.print(summary_table(s))
+    out.print(render_example(ds, example, mark))
+
+
+@data_app.command("add-channel")
+def data_add_channel(
+    path: Annotated[Path, typer.Argument(help="Packed dataset directory.")],
+    name: Annotated[str, typer.Option(help="Channel name (lowercase, e.g. delta or t3s_mask).")],
+    values: Annotated[Path, typer.Option(help="Per-example values keyed by example id: .npz (keys = ids), .parquet or .jsonl (columns id, values).")],
+    dtype: Annotated[str, typer.Option(help="float32 | uint8")] = "float32",
+    span: Annotated[str, typer.Option(help="auto | full (a value per token) | response (a value per response token; prompt tokens get --fill).")] = "auto",
+    fill: Annotated[float, typer.Option(help="Value for prompt tokens when values cover the response only.")] = 0.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing channel of that name.")] = False,
+):
+    """Attach a per-token channel to a packed dataset, aligned with its tokens and bins."""
+    from t3s_nemo.data.packed import PackedDataset, load_channel_file
+
+    ds = PackedDataset(path)
+    vals = load_channel_file(values)
+    ds.add_channel(name, vals, dtype=dtype, span=span, fill=fill, overwrite=overwrite, info={"source": str(values)})
+    console.print(f"added channel '{name}' ({dtype}) for {ds.num_examples} examples to {path}")
+
+
+# ---- stages that later work fills in ---------------------------------------------------------------
+def _not_yet(stage: str) -> None:
+    raise T3SError(f"`t3s {stage}` is not available yet in this version of t3s-nemo")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except T3SError as e:
+        console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""One typed config tree for every stage: dataclasses, YAML files, dotted `key=value` overrides.
+
+OmegaConf structured configs give type checking and unknown-key detection against the dataclasses
+(as NeMo and Megatron-Bridge do); this module turns its exceptions into one-line errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from t3s_nemo.errors import T3SError
+from t3s_nemo.io import atomic_write_text
+
+
+@dataclass
+class DataConfig:
+    """The packed dataset, and how `t3s pipeline` packs it when it does not exist yet."""
+
+    path: str = ""  # packed dataset directory (`t3s data pack --output`)
+    shuffle: bool = True  # shuffle packed bins each epoch (seeded by train.seed)
+    # Packing inputs, used by `t3s pipeline` / `t3s demo` when data.path is empty or missing.
+    input: str = ""
+    tokenizer: str = ""
+    seq_length: int = 2048
+    on_overflow: str = "error"  # error | drop | truncate
+    template: str = "auto"  # auto | chat | plain
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    answer_field: str = "answer"
+    messages_field: str = "messages"
+    id_field: str = "id"
+
+
+@dataclass
+class ModelConfig:
+    """The student: a Qwen3 preset, optionally with shape overrides, and its starting weights."""
+
+    preset: str = "tiny"  # tiny | qwen3_0_6b | qwen3_1_7b | qwen3_4b | qwen3_8b | qwen3_14b | qwen3_32b
+    init: str = ""  # "" = random init; a t3s checkpoint/snapshot dir; or a Hugging Face model dir
+    spec: str = "auto"  # auto (TE when it imports) | te | local
+    objective: str = "ar"  # ar (next-token) | dllm (masked diffusion, issue 7)
+    recompute: str = "none"  # none | selective | full activation recomputation
+    # Shape overrides (null = the preset's value).
+    num_layers: Optional[int] = None
+    hidden_size: Optional[int] = None
+    ffn_hidden_size: Optional[int] = None
+    num_attention_heads: Optional[int] = None
+    num_query_groups: Optional[int] = None
+    head_dim: Optional[int] = None
+    rope_theta: Optional[float] = None
+    tie_embeddings: Optional[bool] = None
+
+
+@dataclass
+class ParallelConfig:
+    """Megatron parallelism: data parallel size is world size / (tp * pp * cp)."""
+
+    tp: int = 1
+    pp: int = 1
+    vpp: Optional[int] = None  # virtual pipeline stages per rank (interleaved 1F1B); GPU recipes
+    cp: int = 1  # context parallel (needs Transformer Engine attention, i.e. GPU)
+    sequence_parallel: bool = False
+    distributed_optimizer: bool = True
+    overlap_grad_reduce: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: AdamW, warmup + cosine decay, gradient clipping."""
+
+    steps: int = 100  # optimizer steps
+    micro_batch_size: int = 1  # packed bins per micro-batch per data-parallel rank
+    global_batch_size: int = 8  # packed bins per optimizer step, over all data-parallel ranks
+    lr: float = 1e-5
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    lr_decay: str = "cosine"  # cosine | linear | constant
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    seed: int = 1234
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    log_interval: int = 1
+    tensorboard: bool = True
+    wandb_project: str = ""  # empty = no Weights & Biases
+
+
+@dataclass
+class CheckpointConfig:
+    """Full checkpoints for resume, weights-only snapshots for the trajectory."""
+
+    save_interval: int = 0  # full checkpoint every N steps (0 = only at the end)
+    snapshot_interval: int = 0  # weights-only snapshot every N steps (1 in the trajectory run)
+    snapshot_step0: bool = True  # also snapshot theta_0 (step 0) when snapshots are on
+    keep_last: int = 2  # full checkpoints kept (older ones deleted once a newer one is complete)
+    snapshot_keep_every: int = 1  # keep every k-th snapshot (1 = all)
+    snapshot_window: Optional[list[int]] = None  # [first_step, last_step] to keep snapshots in
+    async_save: bool = True  # write in the background; training waits only for the copy to host
+
+
+@dataclass
+class MaskConfig:
+    """Which tokens the loss sees, on top of the response-only loss_mask."""
+
+    channel: str = ""  # a uint8 mask channel of the dataset (1 = train on this token)
+    rule: str = ""  # or build one at load time from the delta channel: ar | reverse | dllm
+    tau: float = 0.2  # dllm threshold: targets are delta < -tau
+    delta_channel: str = "delta"
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling for the bottleneck search and evaluation."""
+
+    backend: str = "auto"  # auto (vllm on GPU if installed, else megatron) | megatron | vllm
+    n: int = 4  # samples per prompt
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 1024
+    batch_size: int = 64  # prompts per generation batch (megatron backend)
+    seed: int = 0
+    tp: int = 1  # vLLM tensor parallel size
+
+
+@dataclass
+class BottleneckConfig:
+    """Finding theta_b: the snapshot with the lowest training accuracy."""
+
+    rule: str = "argmin"  # argmin | moving_average | first_recovery
+    window: int = 3  # moving-average window (snapshots)
+    recovery: float = 0.05  # first_recovery: accuracy must climb this much above the minimum
+    margin: float = 0.02  # the minimum must be this far below theta_0's accuracy to count as a dip
+    every: int = 1  # evaluate every k-th snapshot
+    start: Optional[int] = None  # first step to evaluate
+    end: Optional[int] = None  # last step to evaluate
+    num_prompts: Optional[int] = None  # training prompts to sample (null = all)
+    force: bool = False  # pick theta_b even when no dip was found
+
+
+@dataclass
+class ProfileConfig:
+    """Per-token confidence at theta_0 and theta_b."""
+
+    selector_base: str = ""  # selector checkpoint at theta_0 ("" = the run's own model.init/step 0)
+    selector_bottleneck: str = ""  # selector at theta_b ("" = the run's bottleneck snapshot)
+    micro_batch_size: int = 4
+
+
+@dataclass
+class PipelineConfig:
+    """What `t3s pipeline` runs after the trajectory."""
+
+    mask_rule: str = "ar"  # the T3S mask for the retraining run
+    baselines: list[str] = field(default_factory=list)  # reverse | static-high | static-low | random
+    rrt: bool = False
+    sft_steps: Optional[int] = None  # steps of the trajectory run (null = train.steps)
+    online: bool = False
+
+
+@dataclass
+class Config:
+    run_dir: str = ""
+    resume: str = "auto"  # auto (continue from the latest complete checkpoint) | never
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "resume": ("auto", "never"),
+    "data.on_overflow": ("error", "drop", "truncate"),
+    "data.template": ("auto", "chat", "plain"),
+    "model.spec": ("auto", "te", "local"),
+    "model.objective": ("ar", "dllm"),
+    "model.recompute": ("none", "selective", "full"),
+    "train.lr_decay": ("cosine", "linear", "constant"),
+    "train.precision": ("auto", "bf16", "fp32"),
+    "mask.rule": ("", "ar", "reverse", "dllm"),
+    "generation.backend": ("auto", "megatron", "vllm"),
+    "bottleneck.rule": ("argmin", "moving_average", "first_recovery"),
+}
+
+POSITIVE: tuple[str, ...] = (
+    "parallel.tp", "parallel.pp", "parallel.cp", "train.steps", "train.micro_batch_size",
+    "train.global_batch_size", "train.log_interval", "checkpoint.keep_last",
+    "checkpoint.snapshot_keep_every", "generation.n", "generation.max_new_tokens",
+    "generation.batch_size", "generation.tp", "bottleneck.window", "bottleneck.every",
+    "profile.micro_batch_size", "data.seq_length",
+)
+NON_NEGATIVE: tuple[str, ...] = (
+    "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.clip_grad",
+    "checkpoint.save_interval", "checkpoint.snapshot_interval", "generation.temperature",
+    "mask.tau", "bottleneck.recovery", "bottleneck.margin",
+)
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(node):
+        full = f"{prefix}{f.name}"
+        keys.append(full)
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(_all_keys(value, full + "."))
+    return keys
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, _all_keys(Config()), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _explain(err: OmegaConfBaseException, source: str) -> T3SError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError):
+        # full_key can be the parent node when a whole unknown section is given
+        missing = str(err).split("'")[1] if "'" in str(err) else key
+        name = f"{key}.{missing}" if key and not key.endswith(missing) else (key or missing)
+        return T3SError(f"{source}: unknown config key '{name}'{_suggest(name)}")
+    if isinstance(err, ValidationError):
+        msg = str(err).splitlines()[0]
+        return T3SError(f"{source}: wrong type for config key '{key}': {msg}")
+    return T3SError(f"{source}: invalid config at '{key}': {str(err).splitlines()[0]}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise T3SError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise T3SError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise T3SError(f"{path}{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise T3SError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise T3SError(f"override '{item}': expected key=value (e.g. train.lr=1e-5)")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise T3SError(f"override '{item}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    """YAML file (optional) + dotted overrides -> validated Config. Raises T3SError naming the key."""
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(_read_yaml(path)))
+        except OmegaConfBaseException as e:
+            raise _explain(e, str(path)) from None
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        try:
+            OmegaConf.update(cfg, key, value, merge=False, force_add=False)
+        except OmegaConfBaseException as e:
+            raise _explain(e, f"override '{item}'") from None
+        # OmegaConf.update on a struct config raises for unknown keys only at the leaf; check the path
+        _check_key_exists(key, item)
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise _explain(e, str(path) if path else "config") from None
+    validate(obj)
+    return obj
+
+
+def _check_key_exists(key: str, item: str) -> None:
+    node: Any = Config()
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise T3SError(f"override '{item}': unknown config key '{key}'{_suggest(key)}")
+        node = getattr(node, part)
+
+
+def get(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks the type system cannot express; each error names the key."""
+    for key, allowed in CHOICES.items():
+        value = get(cfg, key)
+        if value not in allowed:
+            shown = " | ".join(repr(a) if a == "" else a for a in allowed)
+            raise T3SError(f"config key '{key}': '{value}' is not one of {shown}")
+    for key in POSITIVE:
+        if get(cfg, key) <= 0:
+            raise T3SError(f"config key '{key}': must be > 0, got {get(cfg, key)}")
+    for key in NON_NEGATIVE:
+        if get(cfg, key) < 0:
+            raise T3SError(f"config key '{key}': must be >= 0, got {get(cfg, key)}")
+    t = cfg.train
+    if t.global_batch_size % t.micro_batch_size:
+        raise T3SError(
+            f"config key 'train.global_batch_size': {t.global_batch_size} is not a multiple of "
+            f"train.micro_batch_size={t.micro_batch_size}"
+        )
+    if not 0 < cfg.generation.top_p <= 1:
+        raise T3SError(f"config key 'generation.top_p': must be in (0, 1], got {cfg.generation.top_p}")
+    w = cfg.checkpoint.snapshot_window
+    if w is not None and (len(w) != 2 or w[0] > w[1]):
+        raise T3SError(f"config key 'checkpoint.snapshot_window': expected [first_step, last_step], got {w}")
+    if cfg.mask.channel and cfg.mask.rule:
+        raise T3SError("config keys 'mask.channel' and 'mask.rule': set one, not both")
+
+
+def check_parallel(cfg: Config, world_size: int) -> int:
+    """Data-parallel size for this world size; errors name the keys that do not fit."""
+    p = cfg.parallel
+    model_parallel = p.tp * p.pp * p.cp
+    if world_size % model_parallel:
+        raise T3SError(
+            f"config keys 'parallel.tp/pp/cp': tp*pp*cp = {model_parallel} does not divide the "
+            f"world size {world_size}"
+        )
+    dp = world_size // model_parallel
+    if cfg.train.global_batch_size % (cfg.train.micro_batch_size * dp):
+        raise T3SError(
+            f"config key 'train.global_batch_size': {cfg.train.global_batch_size} is not a multiple "
+            f"of micro_batch_size * data-parallel size = {cfg.train.micro_batch_size} * {dp}"
+        )
+    return dp
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    atomic_write_text(Path(path), to_yaml(cfg))
+
+
+def replace(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """A copy of cfg with dotted keys replaced (validated like command-line overrides)."""
+    node = OmegaConf.structured(cfg)
+    for key, value in overrides.items():
+        _check_key_exists(key, f"{key}={value}")
+        try:
+            OmegaConf.update(node, key, value, merge=False)
+        except OmegaConfBaseException as e:
+            raise _explain(e, f"{key}={value}") from None
+    obj = OmegaConf.to_object(node)
+    validate(obj)
+    return obj
+
+
+def resolve_path(value: str, base: Optional[str | Path] = None) -> str:
+    """Expand ~ and environment variables; relative paths stay relative to the working directory."""
+    if not value:
+        return value
+    out = os.path.expandvars(os.path.expanduser(value))
+    if base is not None and not os.path.isabs(out):
+        out = str(Path(base) / out)
+    return out

@@ -1,0 +1,299 @@
+"""`t3s data pack`: tokenize distillation examples and pack them into bins of seq_length tokens.
+
+Two passes keep memory flat for large sets: pass 1 tokenizes every example into a temporary unpacked
+indexed dataset (recording lengths); pass 2 assigns examples to bins by first-fit-decreasing and writes
+the channels bin by bin, reading examples back from the memory-mapped temporary file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+import t3s_nemo
+from t3s_nemo.console import progress
+from t3s_nemo.data.packed import FORMAT, FORMAT_VERSION, channel_prefix
+from t3s_nemo.data.source import Fields, Record, input_files, read_records
+from t3s_nemo.data.tokenizer import fingerprint, load_tokenizer, pad_id
+from t3s_nemo.errors import T3SError
+from t3s_nemo.io import atomic_write_json, staged_dir
+
+TOKENIZE_CHUNK = 512
+
+
+@dataclass
+class PackOptions:
+    seq_length: int
+    on_overflow: str = "error"  # error | drop | truncate
+    template: str = "auto"  # auto | chat | plain
+    fields: Fields = field(default_factory=Fields)
+    system_prompt: str = ""
+    overwrite: bool = False
+
+
+@dataclass
+class PackSummary:
+    output: Path
+    num_examples: int
+    num_bins: int
+    num_tokens: int
+    response_tokens: int
+    dropped_overflow: int
+    truncated: int
+    fill: float  # tokens / (bins * seq_length)
+    seconds: float
+    template: str
+
+    def lines(self) -> list[str]:
+        out = [
+            f"packed {self.num_examples} examples ({self.num_tokens:,} tokens, "
+            f"{self.response_tokens:,} response tokens) into {self.num_bins} bins",
+            f"bin fill {self.fill:.1%}, template {self.template}, {self.seconds:.1f}s",
+        ]
+        if self.dropped_overflow:
+            out.append(f"dropped {self.dropped_overflow} examples longer than seq_length")
+        if self.truncated:
+            out.append(f"truncated {self.truncated} examples to seq_length")
+        return out
+
+
+def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
+    """Bins of item indices, first-fit over items sorted by decreasing length (stable on ties).
+
+    A segment tree over bins' remaining capacity finds the leftmost bin with room in O(log n), so
+    packing a million examples takes seconds; the `binpacking` package's greedy is O(n * bins).
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    size = 1
+    while size < n:
+        size *= 2
+    tree = np.zeros(2 * size, dtype=np.int64)
+    tree[size : size + n] = capacity
+    for i in range(size - 1, 0, -1):
+        tree[i] = max(tree[2 * i], tree[2 * i + 1])
+    bins: list[list[int]] = []
+    for item in np.argsort(-np.asarray(lengths), kind="stable"):
+        need = int(lengths[item])
+        node = 1
+        while node < size:  # descend to the leftmost leaf with room
+            node = 2 * node if tree[2 * node] >= need else 2 * node + 1
+        b = node - size
+        if b == len(bins):
+            bins.append([])
+        bins[b].append(int(item))
+        tree[node] -= need
+        node //= 2
+        while node:
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+            node //= 2
+    return bins
+
+
+class _Renderer:
+    """Turns a record into (prompt text, response text) with the tokenizer's chat template or plainly."""
+
+    def __init__(self, tok, template: str, system_prompt: str):
+        has_template = bool(getattr(tok, "chat_template", None))
+        if template == "auto":
+            template = "chat" if has_template else "plain"
+        if template == "chat" and not has_template:
+            raise T3SError(
+                f"tokenizer {tok.name_or_path} has no chat template: chat formatting needs one "
+                "(use a chat tokenizer, or --template plain with prompt/response fields)"
+            )
+        self.tok = tok
+        self.template = template
+        self.system_prompt = system_prompt
+
+    def __call__(self, rec: Record) -> tuple[str, str]:
+        if self.template == "plain":
+            if rec.is_chat:
+                raise T3SError(
+                    f"{rec.source}: chat-format example (messages) but --template plain; use --template chat"
+                )
+            bos = self.tok.bos_token or ""
+            return bos + rec.messages[0]["content"], rec.messages[-1]["content"] + self.tok.eos_token
+        messages = rec.messages
+        if self.system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system_prompt}] + messages
+        try:
+            prompt = self.tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            full = self.tok.apply_chat_template(messages, tokenize=False)
+        except Exception as e:  # jinja errors from the user's template
+            raise T3SError(f"{rec.source}: the chat template failed: {str(e).splitlines()[0]}") from None
+        if not full.startswith(prompt):
+            raise T3SError(
+                f"{rec.source}: the chat template renders the prompt differently inside the full "
+                "conversation, so the response tokens cannot be separated (check the template)"
+            )
+        return prompt, full[len(prompt) :]
+
+
+def _chunks(it: Iterable[Record], n: int) -> Iterable[list[Record]]:
+    buf: list[Record] = []
+    for x in it:
+        buf.append(x)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _source_hash(inputs: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in inputs:
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path, opts: PackOptions) -> PackSummary:
+    """Pack JSONL / HF-dataset examples into a t3s packed dataset at `output` (atomically)."""
+    from megatron.core.datasets import indexed_dataset as idx
+
+    t0 = time.time()
+    if opts.seq_length < 2:
+        raise T3SError(f"--seq-length must be at least 2, got {opts.seq_length}")
+    if opts.on_overflow not in ("error", "drop", "truncate"):
+        raise T3SError(f"--on-overflow '{opts.on_overflow}': expected error, drop or truncate")
+    files = input_files(inputs)
+    tok = load_tokenizer(tokenizer_dir)
+    render = _Renderer(tok, opts.template, opts.system_prompt)
+    output = Path(output)
+
+    with staged_dir(output, overwrite=opts.overwrite) as tmp:
+        # Pass 1: tokenize into an unpacked temporary dataset, in input order.
+        scratch = str(tmp / "_unpacked")
+        builder = idx.IndexedDatasetBuilder(idx.get_bin_path(scratch), dtype=np.int32)
+        ids, answers, prompt_lens, lengths, sources = [], [], [], [], []
+        dropped = truncated = 0
+        with progress() as bar:
+            task = bar.add_task("tokenizing", total=None)
+            for chunk in _chunks(read_records(files, opts.fields), TOKENIZE_CHUNK):
+                rendered = [render(r) for r in chunk]
+                p_ids = tok([p for p, _ in rendered], add_special_tokens=False)["input_ids"]
+                r_ids = tok([r for _, r in rendered], add_special_tokens=False)["input_ids"]
+                for rec, p, r in zip(chunk, p_ids, r_ids):
+                    if not r:
+                        raise T3SError(f"{rec.source}: the response tokenizes to nothing")
+                    n = len(p) + len(r)
+                    if n > opts.seq_length:
+                        if opts.on_overflow == "error":
+                            raise T3SError(
+                                f"{rec.source}: example '{rec.id}' has {n} tokens, more than --seq-length "
+                                f"{opts.seq_length} (use --on-overflow drop or truncate)"
+                            )
+                        if opts.on_overflow == "drop" or len(p) >= opts.seq_length - 1:
+                            dropped += 1
+                            continue
+                        r = r[: opts.seq_length - len(p)]
+                        truncated += 1
+                    seq = np.asarray(p + r, dtype=np.int32)
+                    builder.add_item(_as_tensor(seq))
+                    builder.end_document()
+                    ids.append(rec.id)
+                    answers.append(rec.answer)
+                    prompt_lens.append(len(p))
+                    lengths.append(len(seq))
+                    sources.append(rec.source)
+                bar.advance(task, len(chunk))
+        builder.finalize(idx.get_idx_path(scratch))
+        if not ids:
+            raise T3SError("no examples left to pack (all were dropped as longer than --seq-length)")
+
+        # Pass 2: first-fit-decreasing bins, written channel by channel in bin order.
+        lengths_np = np.asarray(lengths, dtype=np.int64)
+        bins = first_fit_decreasing(lengths_np, opts.seq_length)
+        order = [i for b in bins for i in b]
+        unpacked = idx.IndexedDataset(scratch)
+        response_tokens = write_bins(tmp, bins, unpacked.__getitem__, prompt_lens)
+        del unpacked
+        for suffix in (".bin", ".idx"):
+            (tmp / f"_unpacked{suffix}").unlink()
+
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created_by": f"t3s-nemo {t3s_nemo.__version__}",
+            "seq_length": opts.seq_length,
+            "template": render.template,
+            "tokenizer": {
+                "source": str(tokenizer_dir),
+                "fingerprint": fingerprint(tok),
+                "vocab_size": len(tok),
+                "eos_id": tok.eos_token_id,
+                "pad_id": pad_id(tok),
+            },
+            "source": {"inputs": [str(p) for p in files], "hash": _source_hash(files)},
+            "num_examples": len(order),
+            "num_bins": len(bins),
+            "num_tokens": int(lengths_np.sum()),
+            "response_tokens": response_tokens,
+            "dropped_overflow": dropped,
+            "truncated": truncated,
+            "channels": {"tokens": {"dtype": "int32"}, "loss_mask": {"dtype": "uint8"}},
+            "examples": {
+                "id": [ids[i] for i in order],
+                "answer": [answers[i] for i in order],
+                "prompt_length": [prompt_lens[i] for i in order],
+                "source": [sources[i] for i in order],
+            },
+        }
+        atomic_write_json(tmp / "meta.json", meta, indent=None)
+
+    return PackSummary(
+        output=output,
+        num_examples=len(order),
+        num_bins=len(bins),
+        num_tokens=int(lengths_np.sum()),
+        response_tokens=response_tokens,
+        dropped_overflow=dropped,
+        truncated=truncated,
+        fill=float(lengths_np.sum()) / (len(bins) * opts.seq_length),
+        seconds=time.time() - t0,
+        template=render.template,
+    )
+
+
+def _as_tensor(arr: np.ndarray):
+    import torch
+
+    return torch.from_numpy(arr)
+
+
+def write_bins(out_dir: Path, bins: list[list[int]], get_tokens: Callable[[int], np.ndarray], prompt_lens) -> int:
+    """Write the tokens and loss_mask channels, one document per bin; returns the response-token count."""
+    from megatron.core.datasets import indexed_dataset as idx
+
+    tokens_out = idx.IndexedDatasetBuilder(idx.get_bin_path(channel_prefix(out_dir, "tokens")), dtype=np.int32)
+    mask_out = idx.IndexedDatasetBuilder(idx.get_bin_path(channel_prefix(out_dir, "loss_mask")), dtype=np.uint8)
+    response_tokens = 0
+    with progress() as bar:
+        task = bar.add_task("packing", total=len(bins))
+        for b in bins:
+            seqs = [get_tokens(i) for i in b]
+            masks = []
+            for i, s in zip(b, seqs):
+                m = np.zeros(len(s), dtype=np.uint8)
+                m[prompt_lens[i] :] = 1
+                response_tokens += len(s) - int(prompt_lens[i])
+                masks.append(m)
+            lens = [len(s) for s in seqs]
+            tokens_out.add_document(np.concatenate(seqs), lens)
+            mask_out.add_document(np.concatenate(masks), lens)
+            bar.advance(task)
+    tokens_out.finalize(idx.get_idx_path(channel_prefix(out_dir, "tokens")))
+    mask_out.finalize(idx.get_idx_path(channel_prefix(out_dir, "loss_mask")))
+    return response_tokens
