@@ -48,6 +48,7 @@ class PackedBins(torch.utils.data.Dataset):
         tokens = np.full(S, self.pad_id, dtype=np.int64)
         labels = np.full(S, self.pad_id, dtype=np.int64)
         weight = np.zeros(S, dtype=np.float32)
+        response = np.zeros(S, dtype=np.float32)  # loss_mask alone: what the T3S mask is a fraction of
         position_ids = np.zeros(S, dtype=np.int64)
         segment_ids = np.full(S, -1, dtype=np.int64)
         values = {name: np.zeros(S, dtype=np.float32) for name in self.value_channels}
@@ -65,6 +66,8 @@ class PackedBins(torch.utils.data.Dataset):
             if self.mask_fn is not None:
                 w *= self.mask_fn({name: data[name][k] for name in data}).astype(np.float32)
             weight[off : off + n - 1] = w[1:]
+            if "loss_mask" in data:
+                response[off : off + n - 1] = data["loss_mask"][k][1:]
             for name in self.value_channels:
                 values[name][off : off + n - 1] = data[name][k][1:]
             position_ids[off : off + n] = np.arange(n)
@@ -79,6 +82,7 @@ class PackedBins(torch.utils.data.Dataset):
             "tokens": torch.from_numpy(tokens),
             "labels": torch.from_numpy(labels),
             "loss_weight": torch.from_numpy(weight),
+            "response_mask": torch.from_numpy(response),
             "position_ids": torch.from_numpy(position_ids),
             "segment_ids": torch.from_numpy(segment_ids),
             "example_ids": torch.from_numpy(example_ids),

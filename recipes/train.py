@@ -1,0 +1,171 @@
+"""SFT / masked T3S training of a Qwen3 student on megatron-core. Runs on every rank.
+
+    torchrun --nproc-per-node N -m t3s_nemo.recipes.train [--mode sft|train] CONFIG [key=value ...]
+    srun python -m t3s_nemo.recipes.train ...            (Slurm: one task per GPU)
+
+`t3s sft` / `t3s train` launch this. Reads top to bottom: set-up, the loop, the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from t3s_nemo.config import Config, check_parallel, load_config, save_config, to_yaml
+from t3s_nemo.console import console
+from t3s_nemo.errors import T3SError
+
+
+def parse_args(argv: list[str]) -> tuple[str, Config]:
+    p = argparse.ArgumentParser(prog="t3s_nemo.recipes.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("sft", "train"), default="sft")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args(argv)
+    cfg = load_config(a.config, a.overrides)
+    if not cfg.run_dir:
+        raise T3SError("config key 'run_dir' is required (where checkpoints and logs go)")
+    if not cfg.data.path:
+        raise T3SError("config key 'data.path' is required (a packed dataset from `t3s data pack`)")
+    if a.mode == "train" and not (cfg.mask.channel or cfg.mask.rule):
+        raise T3SError("`t3s train` trains with a T3S mask: set mask.channel (e.g. t3s_mask) or mask.rule "
+                       "(ar | reverse); use `t3s sft` for plain SFT")
+    return a.mode, cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from t3s_nemo.checkpoint import manager
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.model.qwen3 import flops_per_token, num_parameters
+    from t3s_nemo.training import data as tdata
+    from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
+    from t3s_nemo.training.logging import TrajectoryLog, peak_flops, print_line
+    from t3s_nemo.training.loss import t3s_forward_step
+    from t3s_nemo.training.setup import build_model, build_optimizer, build_scheduler, unwrap, wrap_ddp
+
+    # ---- set-up -------------------------------------------------------------------------------------
+    mode, cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    env = init_distributed()
+    dp = check_parallel(cfg, env.world_size)
+    init_model_parallel(cfg.parallel)
+    run_dir = Path(cfg.run_dir)
+    packed = PackedDataset(cfg.data.path)
+    bins = tdata.open_training_data(cfg, packed)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    bundle = build_model(cfg, packed.vocab_size, packed.seq_length)
+    ckpt = manager.CheckpointManager(run_dir, cfg.checkpoint, bundle, packed, cfg)
+    model = wrap_ddp(bundle, cfg)
+    optimizer = build_optimizer(model, cfg, bundle.dtype)
+    scheduler = build_scheduler(optimizer, cfg)
+    bundle.tconfig.finalize_model_grads_func = finalize_model_grads
+    start = ckpt.restore(model, optimizer, scheduler) if cfg.resume == "auto" else 0
+    if start == 0 and cfg.model.init:
+        ckpt.load_init(cfg.model.init)
+    if start >= cfg.train.steps:
+        if env.is_main:
+            console.print(f"{run_dir}: already trained {start}/{cfg.train.steps} steps; nothing to do")
+        ckpt.close()
+        shutdown()
+        return
+
+    sampler = tdata.StepSampler(len(bins), cfg.train.global_batch_size, cfg.train.seed, cfg.data.shuffle)
+    forward_backward = get_forward_backward_func()
+    dp_rank = ps.get_data_parallel_rank()
+    # one rank per data-parallel replica contributes the step's statistics (TP/PP/CP ranks duplicate them)
+    reporter = (ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
+                and ps.get_context_parallel_rank() == 0)
+    nmb = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
+    flops_tok = flops_per_token(bundle.shape, bundle.vocab_size, packed.seq_length)
+    peak = peak_flops()
+    log = TrajectoryLog(run_dir, start, cfg.train.tensorboard, cfg.train.wandb_project,
+                        {"config": to_yaml(cfg)}) if env.is_main else None
+    if env.is_main:
+        n_params = num_parameters(bundle.shape, bundle.vocab_size)
+        console.print(
+            f"[bold]{mode}[/] {cfg.model.preset} ({n_params / 1e6:,.1f}M params, vocab {bundle.vocab_size}) "
+            f"on {env.world_size} {'GPU' if torch.cuda.is_available() else 'CPU process'}(es): "
+            f"tp={cfg.parallel.tp} pp={cfg.parallel.pp} cp={cfg.parallel.cp} dp={dp}, "
+            f"{nmb} micro-batch(es) of {cfg.train.micro_batch_size} x {packed.seq_length} tokens per step, "
+            f"{bundle.dtype}; steps {start}->{cfg.train.steps}; run {run_dir}"
+        )
+    ckpt.at_start(model, start)
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    for step in range(start, cfg.train.steps):
+        t0 = time.perf_counter()
+        batches = tdata.micro_batches(bins, sampler, step, dp_rank, dp, cfg.train.micro_batch_size)
+        for m in model:
+            m.zero_grad_buffer()
+        optimizer.zero_grad()
+        reports = forward_backward(
+            forward_step_func=t3s_forward_step,
+            data_iterator=[iter(batches) for _ in model] if len(model) > 1 else iter(batches),
+            model=model,
+            num_microbatches=nmb,
+            seq_length=packed.seq_length,
+            micro_batch_size=cfg.train.micro_batch_size,
+            forward_only=False,
+        )
+        ok, grad_norm, _ = optimizer.step()
+        scheduler.step(increment=1)
+
+        stats = torch.zeros(4, dtype=torch.float64)
+        if reporter:
+            for r in reports:
+                stats[:2] += r["loss_sum_and_count"].double().cpu()
+            stats[2] = sum(float((b["segment_ids"] >= 0).sum()) for b in batches)
+            stats[3] = sum(float(b["response_mask"].sum()) for b in batches)
+        dist.all_reduce(stats)
+        ckpt.after_step(model, optimizer, scheduler, step + 1)
+        seconds = time.perf_counter() - t0
+        if env.is_main:
+            loss_sum, count, tokens, response = stats.tolist()
+            tps = tokens / seconds
+            rec = {
+                "step": step + 1,
+                "loss": loss_sum / count if count else 0.0,
+                "lr": scheduler.get_lr(optimizer.param_groups[0]) if hasattr(scheduler, "get_lr") else cfg.train.lr,
+                "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "trained_tokens": int(count),
+                "tokens": int(tokens),
+                "tokens_per_s": tps,
+                "mfu": tps * flops_tok / (peak * env.world_size) if peak else None,
+                "masked_fraction": 1.0 - count / response if response else 0.0,
+                "epoch": sampler.epoch_of(step + 1),
+                "skipped": not ok,
+                "seconds": seconds,
+            }
+            log.write(rec)
+            if (step + 1) % cfg.train.log_interval == 0 or step + 1 == cfg.train.steps:
+                print_line(rec, cfg.train.steps)
+
+    # ---- the end ------------------------------------------------------------------------------------
+    ckpt.at_end(model, optimizer, scheduler, cfg.train.steps)
+    if env.is_main:
+        log.close()
+        console.print(f"done: {cfg.train.steps} steps; log {run_dir / 'trajectory.jsonl'}")
+    shutdown()
+
+
+def cli_main() -> None:
+    try:
+        main()
+    except T3SError as e:
+        console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # the guard matters: dist_checkpointing's writers re-import this module
+    cli_main()

@@ -1,0 +1,345 @@
+"""Snapshots, full checkpoints, resume and retention for one training run.
+
+    run_dir/snapshots/step_<N>/      weights only, one per checkpoint.snapshot_interval steps (+ step 0)
+    run_dir/checkpoints/iter_<N>/    model + optimizer + LR schedule + RNG + data position (resume)
+
+Both are megatron dist_checkpointing directories that become visible (t3s.json written by rank 0)
+only after every rank finished writing. With checkpoint.async_save the write happens in a background
+process while training goes on; the marker is written when megatron's async queue has seen every
+rank finish.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from t3s_nemo.checkpoint import weights as W
+from t3s_nemo.console import console
+from t3s_nemo.errors import T3SError
+from t3s_nemo.io import atomic_write_json
+
+# 'fully_reshardable' optimizer state loads at any TP/PP/DP layout (megatron 0.19's default,
+# 'fully_sharded_model_space', rejects the flattened ranges its own distributed optimizer produces).
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+_STEP_DIR = re.compile(r"^(?:step|iter)_(\d+)$")
+
+
+def step_dirs(parent: Path, complete_only: bool = True) -> list[tuple[int, Path]]:
+    """(step, dir) of step_N / iter_N children, sorted by step."""
+    if not parent.is_dir():
+        return []
+    out = []
+    for child in parent.iterdir():
+        m = _STEP_DIR.match(child.name)
+        if m and child.is_dir() and (not complete_only or W.is_complete(child)):
+            out.append((int(m.group(1)), child))
+    return sorted(out)
+
+
+def snapshot_bytes(num_params: int, dtype: torch.dtype) -> int:
+    return num_params * (2 if dtype in (torch.bfloat16, torch.float16) else 4)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+class CheckpointManager:
+    def __init__(self, run_dir: Path, ccfg, bundle, packed, cfg):
+        self.run_dir = Path(run_dir)
+        self.ccfg = ccfg
+        self.bundle = bundle
+        self.cfg = cfg
+        self.tokenizer_fingerprint = packed.fingerprint
+        self.snapshots = self.run_dir / "snapshots"
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.is_main = not dist.is_initialized() or dist.get_rank() == 0
+        self._queue = None
+        self._last_full = -1
+        self._last_snapshot = -1
+        if ccfg.async_save:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self._queue = AsyncCallsQueue()
+
+    # ---- markers ------------------------------------------------------------------------------------
+    def _marker(self, kind: str, step: int) -> dict:
+        from t3s_nemo import __version__
+
+        return {
+            "kind": kind,
+            "step": step,
+            "preset": self.cfg.model.preset,
+            "shape": {k: getattr(self.bundle.shape, k) for k in self.bundle.shape.__dataclass_fields__},
+            "padded_vocab_size": self.bundle.vocab_size,
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "tokenizer": str(Path(self.cfg.data.path) / "tokenizer"),
+            "dtype": str(self.bundle.dtype).replace("torch.", ""),
+            "saved_layout": _layout(),
+            "objective": self.cfg.model.objective,
+            "t3s_nemo": __version__,
+        }
+
+    # ---- saving ---------------------------------------------------------------------------------------
+    def _save(self, sharded: dict, path: Path, marker: dict, after=None) -> None:
+        from megatron.core import dist_checkpointing
+
+        W.prepare_dir(path)
+        if self._queue is None:
+            dist_checkpointing.save(sharded, str(path))
+            W.finish(path, marker)
+            if after:
+                after()
+            return
+        request = dist_checkpointing.save(sharded, str(path), async_sharded_save=True,
+                                          async_strategy=_async_strategy())
+
+        def finalize():
+            # runs on every rank once all ranks' writes are done (the queue checks that collectively)
+            if self.is_main:
+                atomic_write_json(path / W.MARKER, marker)
+                if after:
+                    after()
+
+        request.add_finalize_fn(finalize)
+        self._queue.schedule_async_request(request)
+
+    def snapshot(self, model_chunks, step: int) -> None:
+        self._save(W.model_sharded_state_dict(model_chunks), self.snapshots / f"step_{step}",
+                   self._marker(W.KIND_WEIGHTS, step), after=self._retain_snapshots)
+        self._last_snapshot = step
+
+    def save_full(self, model, optimizer, scheduler, step: int) -> None:
+        from t3s_nemo.training.setup import unwrap
+
+        chunks = unwrap(model)
+        sharded = W.model_sharded_state_dict(chunks)
+        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_METADATA)
+        sharded["scheduler"] = scheduler.state_dict()
+        sharded["rng"] = _rng_sharded()
+        sharded["step"] = step
+        self._save(sharded, self.checkpoints / f"iter_{step}", self._marker(W.KIND_FULL, step),
+                   after=self._retain_full)
+        self._last_full = step
+
+    def poll(self, blocking: bool = False) -> None:
+        if self._queue is not None:
+            self._queue.maybe_finalize_async_calls(blocking=blocking)
+
+    # ---- hooks for the loop -------------------------------------------------------------------------
+    def at_start(self, model, start: int) -> None:
+        from t3s_nemo.model.qwen3 import num_parameters
+        from t3s_nemo.training.setup import unwrap
+
+        c = self.ccfg
+        if c.snapshot_interval and self.is_main:
+            n = len(range(0 if c.snapshot_step0 else c.snapshot_interval, self.cfg.train.steps + 1,
+                          c.snapshot_interval))
+            per = snapshot_bytes(num_parameters(self.bundle.shape, self.bundle.vocab_size), self.bundle.dtype)
+            kept = n if c.snapshot_keep_every == 1 else n // c.snapshot_keep_every + 1
+            console.print(f"snapshots: {n} of {_human(per)} each -> up to {_human(per * kept)} in {self.snapshots}")
+        if c.snapshot_interval and c.snapshot_step0 and start == 0 and not W.is_complete(self.snapshots / "step_0"):
+            self.snapshot(unwrap(model), 0)
+
+    def after_step(self, model, optimizer, scheduler, step: int) -> None:
+        from t3s_nemo.training.setup import unwrap
+
+        self.poll()
+        c = self.ccfg
+        if c.snapshot_interval and step % c.snapshot_interval == 0:
+            self.snapshot(unwrap(model), step)
+        if c.save_interval and step % c.save_interval == 0 and step < self.cfg.train.steps:
+            self.save_full(model, optimizer, scheduler, step)
+
+    def at_end(self, model, optimizer, scheduler, step: int) -> None:
+        from t3s_nemo.training.setup import unwrap
+
+        if self.ccfg.snapshot_interval and self._last_snapshot != step:
+            self.snapshot(unwrap(model), step)
+        if self._last_full != step:
+            self.save_full(model, optimizer, scheduler, step)
+        self.close()
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.maybe_finalize_async_calls(blocking=True)
+            self._queue.close()
+            self._queue = None
+
+    # ---- loading ------------------------------------------------------------------------------------
+    def restore(self, model, optimizer, scheduler) -> int:
+        """Load the latest complete full checkpoint; returns the step to continue from (0 if none)."""
+        from megatron.core import dist_checkpointing
+
+        from t3s_nemo.training.setup import unwrap
+
+        incomplete = [p for _, p in step_dirs(self.checkpoints, complete_only=False) if not W.is_complete(p)]
+        if incomplete and self.is_main:
+            console.print(f"[yellow]ignoring interrupted checkpoint save(s):[/] {', '.join(p.name for p in incomplete)}")
+        done = step_dirs(self.checkpoints)
+        if not done:
+            return 0
+        step, path = done[-1]
+        marker = W.read_marker(path)
+        self._check_compatible(marker, path)
+        chunks = unwrap(model)
+        _prime_adam_state(optimizer)
+        sharded = W.model_sharded_state_dict(chunks)
+        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True, metadata=OPTIMIZER_METADATA)
+        sharded["scheduler"] = None
+        same_layout = marker.get("saved_layout") == _layout()
+        if same_layout:  # RNG states are per rank; at another layout they start fresh from train.seed
+            sharded["rng"] = _rng_sharded()
+        sharded["step"] = None
+        loaded = dist_checkpointing.load(sharded, str(path))
+        keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
+        for chunk, key in zip(chunks, keys):
+            chunk.load_state_dict(loaded[key])
+        optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(loaded["scheduler"])
+        if same_layout:
+            _set_rng(loaded["rng"])
+        self._last_full = step
+        self._last_snapshot = max([s for s, _ in step_dirs(self.snapshots)], default=-1)
+        if self.is_main:
+            console.print(f"resumed from {path} (step {step})")
+        return int(loaded["step"])
+
+    def load_init(self, init: str) -> None:
+        """Starting weights from model.init: a t3s checkpoint/snapshot or a Hugging Face directory."""
+        path = Path(init)
+        if (path / W.MARKER).is_file():
+            marker = W.read_marker(path)
+            self._check_compatible(marker, path)
+            W.load_weights(self.bundle.chunks, path, expect_vocab=self.bundle.vocab_size)
+        elif (path / "config.json").is_file():
+            from t3s_nemo.model.hf import load_hf_into
+
+            load_hf_into(self.bundle, path, self.tokenizer_fingerprint)
+        elif path.is_dir() and any(path.glob("*.distcp")) or (path / "metadata.json").is_file():
+            raise T3SError(f"{path}: checkpoint has no {W.MARKER} (its save did not complete)")
+        else:
+            raise T3SError(f"config key 'model.init': {path} is neither a t3s checkpoint nor a Hugging Face model directory")
+        if self.is_main:
+            console.print(f"initialised from {path}")
+
+    def _check_compatible(self, marker: dict, path: Path) -> None:
+        fp = marker.get("tokenizer_fingerprint")
+        if fp and fp != self.tokenizer_fingerprint:
+            raise T3SError(f"{path}: made with another tokenizer ({fp}) than the dataset's ({self.tokenizer_fingerprint})")
+        shape = marker.get("shape")
+        mine = {k: getattr(self.bundle.shape, k) for k in self.bundle.shape.__dataclass_fields__}
+        if shape:
+            diff = [k for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                                "num_query_groups", "head_dim") if shape.get(k) != mine[k]]
+            if diff:
+                raise T3SError(f"{path}: model shape differs from model.preset={self.cfg.model.preset} "
+                               f"({', '.join(f'{k} {shape[k]} vs {mine[k]}' for k in diff)})")
+
+    # ---- retention ----------------------------------------------------------------------------------
+    def _retain_full(self) -> None:
+        done = step_dirs(self.checkpoints)
+        for _, path in done[: max(0, len(done) - self.ccfg.keep_last)]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _retain_snapshots(self) -> None:
+        c = self.ccfg
+        for step, path in step_dirs(self.snapshots):
+            keep = step % (c.snapshot_interval * c.snapshot_keep_every) == 0 or step == 0
+            if c.snapshot_window is not None and not c.snapshot_window[0] <= step <= c.snapshot_window[1] and step != 0:
+                keep = False
+            if step == self._last_snapshot:
+                keep = True  # the newest is kept until a newer one exists
+            if not keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _prime_adam_state(optimizer) -> None:
+    """Give a fresh torch Adam a zero state before loading one into it.
+
+    Without Transformer Engine or apex, megatron's DistributedOptimizer.state_dict() reads the Adam
+    `step` from per-parameter state, which a never-stepped optimizer does not have (it asserts); the
+    loaded checkpoint then overwrites these zeros.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                if not inner.state[p]:
+                    inner.state[p] = {"step": torch.zeros((), dtype=torch.float32),
+                                      "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _layout() -> dict:
+    from megatron.core import parallel_state as ps
+
+    return {
+        "tp": ps.get_tensor_model_parallel_world_size(),
+        "pp": ps.get_pipeline_model_parallel_world_size(),
+        "vpp": ps.get_virtual_pipeline_model_parallel_world_size(),
+        "cp": ps.get_context_parallel_world_size(),
+        "dp": ps.get_data_parallel_world_size(),
+    }
+
+
+def _async_strategy() -> str:
+    try:
+        import nvidia_resiliency_ext  # noqa: F401
+
+        return "nvrx"
+    except ImportError:
+        return "mcore"  # megatron-core's own async writer (deprecated upstream in favour of NVRx)
+
+
+def _rng_sharded():
+    """RNG states of this rank as a sharded object (each rank restores its own)."""
+    import numpy as np
+    import random
+
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state = {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    pp, tp = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
+    dp = ps.get_data_parallel_rank(with_context_parallel=True)
+    return ShardedObject(
+        "rng_state", state,
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
+         ps.get_data_parallel_world_size(with_context_parallel=True)),
+        (pp, tp, dp), replica_id=0,
+    )
+
+
+def _set_rng(state: Optional[dict]) -> None:
+    import numpy as np
+    import random
+
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    if not state:
+        return
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
