@@ -107,9 +107,121 @@ def data_add_channel(
     console.print(f"added channel '{name}' ({dtype}) for {ds.num_examples} examples to {path}")
 
 
+# ---- training -------------------------------------------------------------------------------------
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config (e.g. configs/tiny/sft.yaml).", show_default=False)]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. train.lr=1e-5 parallel.tp=2.", show_default=False)]
+NprocOpt = Annotated[int, typer.Option("--nproc-per-node", help="Processes to start on this machine (torchrun); 1 runs in-process. Under srun, launch the recipe directly (see slurm/).")]
+
+
+def launch_recipe(module: str, args: list[str], nproc: int) -> None:
+    """Run a recipe in this process, or under torchrun with nproc processes (argument list, no shell)."""
+    if nproc < 1:
+        raise T3SError("--nproc-per-node: must be >= 1")
+    if nproc == 1:
+        import importlib
+
+        importlib.import_module(module).main(args)
+        return
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", module, *args]
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        raise typer.Exit(rc)
+
+
+@app.command("sft")
+def sft(config: ConfigArg, overrides: OverridesArg = None, nproc_per_node: NprocOpt = 1):
+    """Plain SFT of the student: the trajectory run of T3S.
+
+    Reads data.path (a packed dataset), starts from model.init (a t3s checkpoint, a Hugging Face
+    directory, or random init), and writes to run_dir: config.yaml, trajectory.jsonl (one line per
+    step: loss, lr, grad_norm, tokens/s, MFU), snapshots/step_N (weights every
+    checkpoint.snapshot_interval steps, the trajectory that `t3s bottleneck` reads), checkpoints/iter_N
+    (full, resumable; resume=auto continues from the latest complete one) and tensorboard/.
+    """
+    launch_recipe("t3s_nemo.recipes.train", ["--mode", "sft", str(config), *(overrides or [])], nproc_per_node)
+
+
+@app.command("train")
+def train(config: ConfigArg, overrides: OverridesArg = None, nproc_per_node: NprocOpt = 1):
+    """Masked T3S retraining: the same engine as `t3s sft` with a token mask on the loss.
+
+    Set mask.channel (a uint8 channel of the dataset, 1 = train, e.g. t3s_mask from `t3s mask`) or
+    mask.rule (ar | reverse, applied to the delta channel while loading). The loss is
+    sum(w * ce) / sum(w) over the global batch, w = loss_mask x mask. Outputs as `t3s sft`.
+    """
+    launch_recipe("t3s_nemo.recipes.train", ["--mode", "train", str(config), *(overrides or [])], nproc_per_node)
+
+
 # ---- stages that later work fills in ---------------------------------------------------------------
-def _not_yet(stage: str) -> None:
-    raise T3SError(f"`t3s {stage}` is not available yet in this version of t3s-nemo")
+def _not_yet(stage: str, issue: str) -> None:
+    raise T3SError(f"`t3s {stage}` is not available yet in this version of t3s-nemo ({issue})")
+
+
+@app.command("bottleneck", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bottleneck(run: Annotated[Path, typer.Argument(help="A trajectory run directory (with snapshots/).")]):
+    """Find the Imitation Bottleneck: sample and verify training prompts per snapshot; theta_b = lowest accuracy.
+
+    Writes run/bottleneck.json and run/accuracy.png. Not available yet.
+    """
+    _not_yet("bottleneck", "needs the generation stage")
+
+
+@app.command("profile", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def profile(run: Annotated[Path, typer.Argument(help="A run directory with bottleneck.json.")]):
+    """Per-token log p of response tokens at theta_0 and theta_b; writes logp0, logpb, delta channels. Not available yet."""
+    _not_yet("profile", "needs the trajectory stage")
+
+
+@app.command("mask", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def mask(run: Annotated[Path, typer.Argument(help="A run directory whose dataset has a delta channel.")]):
+    """Build a T3S mask channel (ar | reverse | static-confidence | random | dllm) and a report. Not available yet."""
+    _not_yet("mask", "needs the profile stage")
+
+
+@app.command("rrt", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def rrt(run: Annotated[Path, typer.Argument(help="A trajectory run directory.")]):
+    """Recovering Residual Transfer: theta_0 + (theta_f - theta_b), shard by shard. Not available yet."""
+    _not_yet("rrt", "needs the bottleneck stage")
+
+
+@app.command("export", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def export(ckpt: Annotated[Path, typer.Argument(help="A t3s checkpoint or snapshot directory.")]):
+    """Export a checkpoint to a Hugging Face directory (safetensors + config + tokenizer). Not available yet."""
+    _not_yet("export", "needs the HF conversion")
+
+
+@app.command("import", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def import_(hf_dir: Annotated[Path, typer.Argument(help="A Hugging Face Qwen3 directory.")]):
+    """Import a Hugging Face Qwen3 checkpoint as a t3s checkpoint. Not available yet."""
+    _not_yet("import", "needs the HF conversion")
+
+
+@app.command("pipeline", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def pipeline(config: ConfigArg):
+    """sft -> bottleneck -> profile -> mask -> train (-> rrt, baselines) in one run directory. Not available yet."""
+    _not_yet("pipeline", "needs every stage")
+
+
+@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_(ckpt: Annotated[Path, typer.Argument(help="A t3s checkpoint or a Hugging Face directory.")]):
+    """avg@k / pass@k on local benchmark JSONL files, verified with math-verify. Not available yet."""
+    _not_yet("eval", "needs the generation stage")
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="Run directory for the demo.")] = Path("runs/demo"),
+    steps: Annotated[int, typer.Option(help="SFT steps of the trajectory run.")] = 20,
+    nproc_per_node: NprocOpt = 1,
+    overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming an earlier demo run.")] = False,
+):
+    """The whole pipeline on the bundled tiny demo data and a tiny Qwen3-shaped model, on CPU, in minutes."""
+    from t3s_nemo.demo.run import run_demo
+
+    run_demo(out, steps, nproc_per_node, overwrite)
 
 
 def main() -> None:
