@@ -31,12 +31,38 @@ def parse_args(argv: list[str]) -> tuple[str, Config]:
     cfg = load_config(a.config, a.overrides)
     if not cfg.run_dir:
         raise T3SError("config key 'run_dir' is required (where checkpoints and logs go)")
-    if not cfg.data.path:
-        raise T3SError("config key 'data.path' is required (a packed dataset from `t3s data pack`)")
+    if not cfg.data.path and not cfg.data.input:
+        raise T3SError("config key 'data.path' is required (a packed dataset from `t3s data pack`), "
+                       "or data.input + data.tokenizer to pack one into run_dir/data")
     if a.mode == "train" and not (cfg.mask.channel or cfg.mask.rule):
         raise T3SError("`t3s train` trains with a T3S mask: set mask.channel (e.g. t3s_mask) or mask.rule "
                        "(ar | reverse); use `t3s sft` for plain SFT")
     return a.mode, cfg
+
+
+def ensure_packed(cfg: Config, is_main: bool) -> str:
+    """data.path, or run_dir/data packed from data.input by rank 0 on first use."""
+    from t3s_nemo.config import resolve_path
+    from t3s_nemo.data.pack import PackOptions, pack
+    from t3s_nemo.data.source import Fields
+
+    if cfg.data.path:
+        return resolve_path(cfg.data.path)
+    out = Path(cfg.run_dir) / "data"
+    if is_main and not (out / "meta.json").is_file():
+        if not cfg.data.tokenizer:
+            raise T3SError("config key 'data.tokenizer' is required to pack data.input")
+        d = cfg.data
+        fields = Fields(prompt=d.prompt_field, response=d.response_field, answer=d.answer_field,
+                        messages=d.messages_field, id=d.id_field)
+        s = pack([resolve_path(d.input)], resolve_path(d.tokenizer), out,
+                 PackOptions(seq_length=d.seq_length, on_overflow=d.on_overflow, template=d.template,
+                             fields=fields, overwrite=True))
+        console.print(s.lines()[0] + f" -> {out}")
+    if dist.is_initialized():
+        dist.barrier()
+    cfg.data.path = str(out)
+    return str(out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     dp = check_parallel(cfg, env.world_size)
     init_model_parallel(cfg.parallel)
     run_dir = Path(cfg.run_dir)
-    packed = PackedDataset(cfg.data.path)
+    packed = PackedDataset(ensure_packed(cfg, env.is_main))
     bins = tdata.open_training_data(cfg, packed)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -211,6 +211,43 @@ def eval_(ckpt: Annotated[Path, typer.Argument(help="A t3s checkpoint or a Huggi
     _not_yet("eval", "needs the generation stage")
 
 
+@app.command("plan")
+def plan(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    gpus: Annotated[Optional[int], typer.Option(help="GPUs in the job (default: tp*pp*cp of the config, i.e. dp=1).")] = None,
+    gpu_memory: Annotated[float, typer.Option(help="GiB per GPU (H100 80GB: 79.6).")] = 79.6,
+    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary (Qwen3: 151669).")] = 151669,
+):
+    """Memory per GPU of the config's layout and of nearby TP/PP/CP choices at 8k/16k/32k tokens.
+
+    Weights, gradients, distributed-optimizer state, activations (with the configured recomputation)
+    and logits on the busiest rank. An estimate to choose a layout with, not a guarantee.
+    """
+    from t3s_nemo.config import load_config
+    from t3s_nemo.model import plan as P
+    from t3s_nemo.model.qwen3 import padded_vocab_size, resolve_shape
+
+    cfg = load_config(config, overrides)
+    shape = resolve_shape(cfg.model)
+    p = cfg.parallel
+    n = gpus or p.tp * p.pp * p.cp
+    layouts = [(p.tp, p.pp, p.cp)] + [l for l in ((8, 1, 1), (8, 2, 1), (8, 4, 1), (8, 2, 2), (4, 2, 1), (4, 4, 1), (2, 4, 1))
+                                      if l != (p.tp, p.pp, p.cp)]
+    rows = []
+    for tp, pp, cp in layouts:
+        if shape.num_layers % pp or shape.num_attention_heads % tp or n % (tp * pp * cp):
+            continue
+        for seq in (8192, 16384, 32768):
+            rows.append(P.estimate(shape, padded_vocab_size(vocab_size, tp), tp, pp, cp, n // (tp * pp * cp), seq,
+                                   cfg.train.micro_batch_size, cfg.model.recompute if cfg.model.recompute != "none" else "none",
+                                   p.sequence_parallel, p.distributed_optimizer, cfg.train.precision != "fp32"))
+    out = console.__class__(highlight=False, width=max(110, console.width))
+    out.print(f"{cfg.model.preset}: {n} GPUs; first row group = the config's layout "
+              f"(tp={p.tp} pp={p.pp} cp={p.cp}), recompute={cfg.model.recompute}")
+    out.print(P.table(rows, gpu_memory))
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory for the demo.")] = Path("runs/demo"),

@@ -228,8 +228,9 @@ def _suggest(key: str) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _explain(err: OmegaConfBaseException, source: str) -> T3SError:
-    key = getattr(err, "full_key", None) or ""
+def _explain(err: OmegaConfBaseException, source: str, section: str = "") -> T3SError:
+    # a merge error on a whole section (e.g. `train: 3`) carries no full_key; the caller knows it
+    key = getattr(err, "full_key", None) or section
     if isinstance(err, ConfigKeyError):
         # full_key can be the parent node when a whole unknown section is given
         missing = str(err).split("'")[1] if "'" in str(err) else key
@@ -281,18 +282,19 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     cfg = OmegaConf.structured(Config)
     if path is not None:
         path = Path(path)
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.create(_read_yaml(path)))
-        except OmegaConfBaseException as e:
-            raise _explain(e, str(path)) from None
+        for section, value in _read_yaml(path).items():
+            try:
+                cfg = OmegaConf.merge(cfg, OmegaConf.create({section: value}))
+            except OmegaConfBaseException as e:
+                raise _explain(e, str(path), str(section)) from None
     for item in overrides or []:
         key, value = _parse_override(item)
+        # before the update: OmegaConf's own unknown-key errors differ by depth and suggest no full key
+        _check_key_exists(key, item)
         try:
             OmegaConf.update(cfg, key, value, merge=False, force_add=False)
         except OmegaConfBaseException as e:
             raise _explain(e, f"override '{item}'") from None
-        # OmegaConf.update on a struct config raises for unknown keys only at the leaf; check the path
-        _check_key_exists(key, item)
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
@@ -384,10 +386,16 @@ def replace(cfg: Config, overrides: dict[str, Any]) -> Config:
     return obj
 
 
+PACKAGE_PREFIX = "pkg:"
+
+
 def resolve_path(value: str, base: Optional[str | Path] = None) -> str:
-    """Expand ~ and environment variables; relative paths stay relative to the working directory."""
+    """Expand ~, environment variables and `pkg:` (files shipped inside t3s_nemo, e.g.
+    pkg:assets/demo/train.jsonl); other relative paths stay relative to the working directory."""
     if not value:
         return value
+    if value.startswith(PACKAGE_PREFIX):
+        return str(Path(__file__).resolve().parent / value[len(PACKAGE_PREFIX):])
     out = os.path.expandvars(os.path.expanduser(value))
     if base is not None and not os.path.isabs(out):
         out = str(Path(base) / out)

@@ -1,0 +1,43 @@
+"""The memory plan's parameter counts and the shipped large configs' fit."""
+
+import pytest
+
+from t3s_nemo.config import load_config
+from t3s_nemo.model import plan
+from t3s_nemo.model.qwen3 import PRESETS, num_parameters, padded_vocab_size, resolve_shape
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_single_rank_count_is_the_whole_model(preset):
+    shape = PRESETS[preset]
+    first, last = plan.rank_params(shape, 151936, tp=1, pp=1)
+    assert first == last == num_parameters(shape, 151936)
+
+
+def test_published_qwen3_sizes():
+    # Qwen3 model cards: 8.2B and 32.8B parameters (vocab 151936)
+    assert num_parameters(PRESETS["qwen3_8b"], 151936) / 1e9 == pytest.approx(8.19, abs=0.02)
+    assert num_parameters(PRESETS["qwen3_32b"], 151936) / 1e9 == pytest.approx(32.76, abs=0.03)
+    assert num_parameters(PRESETS["qwen3_0_6b"], 151936) / 1e9 == pytest.approx(0.596, abs=0.01)
+
+
+def test_tp_and_pp_split_the_parameters():
+    shape = PRESETS["qwen3_32b"]
+    full = num_parameters(shape, 151936)
+    first, last = plan.rank_params(shape, 151936, tp=8, pp=2)
+    # each of the 16 ranks holds about a sixteenth; only norms are replicated across TP
+    assert full / 16 * 0.98 < first < full / 16 * 1.02
+    assert abs(first - last) < shape.hidden_size * 2
+
+
+@pytest.mark.parametrize("name", ["qwen3_8b", "qwen3_32b"])
+def test_shipped_config_fits_an_80gb_h100_at_16k(name):
+    cfg = load_config(REPO / "configs" / name / "sft.yaml")
+    shape = resolve_shape(cfg.model)
+    p = cfg.parallel
+    est = plan.estimate(shape, padded_vocab_size(151669, p.tp), p.tp, p.pp, p.cp, 1, cfg.data.seq_length,
+                        cfg.train.micro_batch_size, cfg.model.recompute, p.sequence_parallel, p.distributed_optimizer)
+    assert est.total < 79.6 * plan.GiB * 0.9
