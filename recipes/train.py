@@ -189,7 +189,9 @@ def cli_main() -> None:
     try:
         main()
     except T3SError as e:
-        console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(1)
 
 

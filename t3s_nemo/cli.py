@@ -265,19 +265,20 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except T3SError as e:
-        console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
         console.print("aborted")
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors arrive here with standalone_mode=False
+        # typer may bundle its own click, so match click's exception protocol rather than its class
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
-            sys.exit(e.exit_code)
+            sys.exit(e.exit_code or 2)
         raise
 
 

@@ -8,7 +8,8 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: long paths stay on one line in logs (Slurm, CI) instead of being cut at 80 columns
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def progress(transient: bool = False) -> Progress:

@@ -128,6 +128,7 @@ class CheckpointManager:
         sharded["scheduler"] = scheduler.state_dict()
         sharded["rng"] = _rng_sharded()
         sharded["step"] = step
+        sharded["adam_step"] = _adam_step(optimizer)
         self._save(sharded, self.checkpoints / f"iter_{step}", self._marker(W.KIND_FULL, step),
                    after=self._retain_full)
         self._last_full = step
@@ -201,11 +202,14 @@ class CheckpointManager:
         if same_layout:  # RNG states are per rank; at another layout they start fresh from train.seed
             sharded["rng"] = _rng_sharded()
         sharded["step"] = None
+        sharded["adam_step"] = None
         loaded = dist_checkpointing.load(sharded, str(path))
         keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
         for chunk, key in zip(chunks, keys):
             chunk.load_state_dict(loaded[key])
-        optimizer.load_state_dict(loaded["optimizer"])
+        with torch.no_grad():  # fp32 runs: the optimizer's main params are views of the model's leaves
+            optimizer.load_state_dict(loaded["optimizer"])
+        _set_adam_steps(optimizer, loaded["adam_step"])
         scheduler.load_state_dict(loaded["scheduler"])
         if same_layout:
             _set_rng(loaded["rng"])
@@ -271,15 +275,40 @@ def _prime_adam_state(optimizer) -> None:
     `step` from per-parameter state, which a never-stepped optimizer does not have (it asserts); the
     loaded checkpoint then overwrites these zeros.
     """
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer):
-            continue
+    for inner in _torch_optimizers(optimizer):
         for group in inner.param_groups:
             for p in group["params"]:
                 if not inner.state[p]:
                     inner.state[p] = {"step": torch.zeros((), dtype=torch.float32),
                                       "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _torch_optimizers(optimizer):
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer):
+            yield inner
+
+
+def _adam_step(optimizer) -> float:
+    for inner in _torch_optimizers(optimizer):
+        for state in inner.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                return float(state["step"])
+    return 0.0
+
+
+def _set_adam_steps(optimizer, step: float) -> None:
+    """Restore torch Adam's per-parameter `step` (bias correction) after a load.
+
+    Without TE/apex, megatron's DistributedOptimizer round trip loses it (the loaded value is the
+    placeholder's) and puts one shared tensor into every parameter's state, which torch's Adam would
+    then increment once per parameter. We save the step ourselves and give each parameter its own.
+    """
+    for inner in _torch_optimizers(optimizer):
+        for state in inner.state.values():
+            if "step" in state:
+                state["step"] = torch.tensor(float(step), dtype=torch.float32)
 
 
 def _layout() -> dict:

@@ -71,6 +71,10 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
     n = len(lengths)
     if n == 0:
         return []
+    lengths = np.asarray(lengths)
+    if lengths.max() > capacity or lengths.min() < 0:
+        # the descent below would silently put an oversized item into the last bin
+        raise ValueError(f"item lengths must be in 0..{capacity}, got {lengths.min()}..{lengths.max()}")
     size = 1
     while size < n:
         size *= 2
@@ -79,7 +83,7 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
     for i in range(size - 1, 0, -1):
         tree[i] = max(tree[2 * i], tree[2 * i + 1])
     bins: list[list[int]] = []
-    for item in np.argsort(-np.asarray(lengths), kind="stable"):
+    for item in np.argsort(-lengths, kind="stable"):
         need = int(lengths[item])
         node = 1
         while node < size:  # descend to the leftmost leaf with room
@@ -101,6 +105,7 @@ class _Renderer:
 
     def __init__(self, tok, template: str, system_prompt: str):
         has_template = bool(getattr(tok, "chat_template", None))
+        self.auto_plain = template == "auto" and not has_template
         if template == "auto":
             template = "chat" if has_template else "plain"
         if template == "chat" and not has_template:
@@ -114,6 +119,11 @@ class _Renderer:
 
     def __call__(self, rec: Record) -> tuple[str, str]:
         if self.template == "plain":
+            if rec.is_chat and self.auto_plain:
+                raise T3SError(
+                    f"{rec.source}: chat-format example (messages) needs a chat template, but tokenizer "
+                    f"{self.tok.name_or_path} has none (use a chat tokenizer, or prompt/response fields)"
+                )
             if rec.is_chat:
                 raise T3SError(
                     f"{rec.source}: chat-format example (messages) but --template plain; use --template chat"

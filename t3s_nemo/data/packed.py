@@ -190,6 +190,9 @@ class PackedDataset:
             raise T3SError(f"span '{span}': expected auto, full or response")
         if name in self.channels and not overwrite:
             raise T3SError(f"{self.path}: channel '{name}' exists (pass --overwrite to replace it)")
+        if not np.isfinite(fill) or (dtype == "uint8" and (fill != int(fill) or not 0 <= fill <= 255)):
+            need = "an integer in 0..255" if dtype == "uint8" else "a finite number"
+            raise T3SError(f"--fill {fill}: a {dtype} channel needs {need}")
         known = set(self.ids)
         unknown = [k for k in values if k not in known]
         if unknown:
@@ -251,11 +254,16 @@ class PackedDataset:
                 f"{resp_len} (response tokens)" if span == "auto" else
                 f"example id '{eid}': {len(arr)} values, expected {expected} ({span} tokens)"
             )
+        with np.errstate(over="ignore"):
+            cast = arr.astype(np_dtype)
+        if np_dtype is np.float32 and not np.isfinite(cast).all():
+            bad = int(np.flatnonzero(~np.isfinite(cast))[0])
+            raise T3SError(f"example id '{eid}': value {arr[bad]} at position {bad} overflows float32")
         if which == "response":
             out = np.full(full_len, fill, dtype=np_dtype)
-            out[prompt_len:] = arr.astype(np_dtype)
+            out[prompt_len:] = cast
             return out
-        return arr.astype(np_dtype)
+        return cast
 
 
 def load_channel_file(path: str | Path) -> dict[str, np.ndarray]:
@@ -282,7 +290,12 @@ def load_channel_file(path: str | Path) -> dict[str, np.ndarray]:
                 raise T3SError(f"{path}: missing column '{col}' (expected columns id, values)")
         ids = table.column("id").to_pylist()
         vals = table.column("values").to_pylist()
-        return {str(i): np.asarray(v) for i, v in zip(ids, vals)}
+        out = {}
+        for row, (i, v) in enumerate(zip(ids, vals), start=1):
+            if str(i) in out:
+                raise T3SError(f"{path}: row {row}: duplicate id '{i}'")
+            out[str(i)] = np.asarray(v)
+        return out
     if suffix == ".jsonl":
         from t3s_nemo.data.source import iter_raw
 
@@ -292,6 +305,8 @@ def load_channel_file(path: str | Path) -> dict[str, np.ndarray]:
                 raise T3SError(f"{where}: expected fields 'id' and 'values'")
             if not isinstance(obj["values"], list):
                 raise T3SError(f"{where}: field 'values' must be a list of numbers")
+            if str(obj["id"]) in out:
+                raise T3SError(f"{where}: duplicate id '{obj['id']}'")
             try:
                 out[str(obj["id"])] = np.asarray(obj["values"], dtype=np.float64)
             except (TypeError, ValueError):

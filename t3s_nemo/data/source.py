@@ -74,7 +74,8 @@ def iter_raw(path: Path) -> Iterator[tuple[str, dict]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                # without the newline, a truncated line fails on its own line, not at "line 2 column 1"
+                obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise T3SError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
             if not isinstance(obj, dict):
@@ -154,7 +155,8 @@ def read_records(inputs: list[str | Path], fields: Fields = Fields()) -> Iterato
     index = 0
     for path in input_files(inputs):
         for where, obj in iter_raw(path):
-            if fields.messages and fields.messages in obj:
+            # None: a row of a saved HF dataset that mixes chat and prompt/response examples
+            if fields.messages and obj.get(fields.messages) is not None:
                 messages, is_chat = _messages(obj, fields.messages, where), True
             else:
                 prompt = _text(obj, fields.prompt, where)

@@ -1,0 +1,30 @@
+"""`t3s sft configs/tiny/sft.yaml` from the command line, as a new user runs it."""
+
+import json
+import subprocess
+
+from conftest import REPO, env
+
+
+def test_t3s_sft_tiny_config_runs_and_loss_decreases(tmp_path):
+    run_dir = tmp_path / "run"
+    p = subprocess.run(["t3s", "sft", "configs/tiny/sft.yaml", f"run_dir={run_dir}", "train.steps=12"],
+                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    records = [json.loads(x) for x in (run_dir / "trajectory.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 13))
+    first = sum(r["loss"] for r in records[:3]) / 3
+    last = sum(r["loss"] for r in records[-3:]) / 3
+    assert last < first - 0.5
+    assert (run_dir / "config.yaml").read_text().count("preset: tiny") == 1
+    assert (run_dir / "data" / "meta.json").is_file()  # packed from data.input on first use
+    assert (run_dir / "checkpoints" / "iter_12" / "t3s.json").is_file()
+
+
+def test_t3s_train_without_a_mask_is_a_clear_error(tmp_path):
+    p = subprocess.run(["t3s", "train", "configs/tiny/sft.yaml", f"run_dir={tmp_path / 'r'}"],
+                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    assert "error: `t3s train` trains with a T3S mask" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "r").exists()

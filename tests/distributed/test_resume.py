@@ -1,0 +1,61 @@
+"""Crash-safe checkpoints: kill -9 mid-run, resume=auto, and the losses equal an uninterrupted run's."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TINY, env, train
+
+ARGS = ("train.steps=8", "train.global_batch_size=2", "train.warmup_steps=1", "checkpoint.save_interval=2",
+        "checkpoint.keep_last=2", "train.log_interval=1")
+
+
+def test_kill_9_then_resume_matches_uninterrupted_run(tiny_data, tmp_path):
+    reference = train(tmp_path / "ref", tiny_data, *ARGS)
+
+    run_dir = tmp_path / "crash"
+    cmd = [sys.executable, "-m", "t3s_nemo.recipes.train", str(TINY), f"run_dir={run_dir}", f"data.path={tiny_data}",
+           "train.tensorboard=false", "checkpoint.async_save=false", *ARGS]
+    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    log = run_dir / "trajectory.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 5:
+            break
+        if proc.poll() is not None:
+            pytest.fail("training exited before it could be killed")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    crashed_at = len(log.read_text().splitlines())
+    assert crashed_at < 8, "the run finished before the kill; nothing was tested"
+
+    resumed = train(run_dir, tiny_data, *ARGS)  # resume=auto is the default
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in reference]
+    assert [r["grad_norm"] for r in resumed] == [r["grad_norm"] for r in reference]
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == ["iter_6", "iter_8"]  # keep_last=2, every kept one complete
+    assert all((run_dir / "checkpoints" / k / "t3s.json").is_file() for k in kept)
+
+
+def test_interrupted_save_is_ignored_and_reported(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    train(run_dir, tiny_data, "train.steps=4", "checkpoint.save_interval=2", "checkpoint.keep_last=5")
+    # simulate a save cut off mid-write: step 4's checkpoint without its completion marker
+    (run_dir / "checkpoints" / "iter_4" / "t3s.json").unlink()
+    p = subprocess.run([sys.executable, "-m", "t3s_nemo.recipes.train", str(TINY), f"run_dir={run_dir}",
+                        f"data.path={tiny_data}", "train.steps=4", "checkpoint.save_interval=2",
+                        "checkpoint.async_save=false", "train.tensorboard=false"],
+                       env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "ignoring interrupted checkpoint save(s): iter_4" in p.stderr
+    assert "resumed from" in p.stderr and "iter_2" in p.stderr
+    records = [json.loads(x) for x in (run_dir / "trajectory.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
