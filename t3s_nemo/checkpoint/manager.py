@@ -227,9 +227,8 @@ class CheckpointManager:
             self._check_compatible(marker, path)
             W.load_weights(self.bundle.chunks, path, expect_vocab=self.bundle.vocab_size)
         elif (path / "config.json").is_file():
-            from t3s_nemo.model.hf import load_hf_into
-
-            load_hf_into(self.bundle, path, self.tokenizer_fingerprint)
+            raise T3SError(f"config key 'model.init': {path} is a Hugging Face directory; importing HF weights "
+                           "is not available yet in this version (start from a t3s checkpoint or random init)")
         elif path.is_dir() and any(path.glob("*.distcp")) or (path / "metadata.json").is_file():
             raise T3SError(f"{path}: checkpoint has no {W.MARKER} (its save did not complete)")
         else:
