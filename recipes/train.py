@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from t3s_nemo.config import Config, check_parallel, load_config, save_config, to_yaml
-from t3s_nemo.console import console
+from t3s_nemo.console import console, progress
 from t3s_nemo.errors import T3SError
 
 
@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{bundle.dtype}; steps {start}->{cfg.train.steps}; run {run_dir}"
         )
     ckpt.at_start(model, start)
+    bar = progress()  # drawn on interactive terminals, by rank 0 only
+    if env.is_main:
+        bar.start()
+    task = bar.add_task(mode, total=cfg.train.steps, completed=start)
 
     # ---- the loop -----------------------------------------------------------------------------------
     for step in range(start, cfg.train.steps):
@@ -174,10 +178,12 @@ def main(argv: list[str] | None = None) -> None:
                 "seconds": seconds,
             }
             log.write(rec)
+            bar.update(task, advance=1, description=f"{mode} loss {rec['loss']:.4f}")
             if (step + 1) % cfg.train.log_interval == 0 or step + 1 == cfg.train.steps:
                 print_line(rec, cfg.train.steps)
 
     # ---- the end ------------------------------------------------------------------------------------
+    bar.stop()
     ckpt.at_end(model, optimizer, scheduler, cfg.train.steps)
     if env.is_main:
         log.close()
