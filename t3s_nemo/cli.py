@@ -187,16 +187,38 @@ def rrt(run: Annotated[Path, typer.Argument(help="A trajectory run directory.")]
     _not_yet("rrt", "needs the bottleneck stage")
 
 
-@app.command("export", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def export(ckpt: Annotated[Path, typer.Argument(help="A t3s checkpoint or snapshot directory.")]):
-    """Export a checkpoint to a Hugging Face directory (safetensors + config + tokenizer). Not available yet."""
-    _not_yet("export", "needs the HF conversion")
+@app.command("export")
+def export(
+    ckpt: Annotated[Path, typer.Argument(help="A t3s checkpoint or snapshot directory (any TP/PP layout).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Hugging Face output directory.")],
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer directory (default: the one recorded in the checkpoint).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto (the training dtype) | bf16 | fp32")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+):
+    """Export a checkpoint to a Hugging Face Qwen3 directory that transformers and vLLM load as-is.
+
+    Writes model.safetensors, config.json, generation_config.json (T=0.6, top_p=0.95) and the
+    tokenizer files. Runs in one process; the checkpoint may have been saved at any layout.
+    """
+    from t3s_nemo.model.hf import export as do_export
+
+    console.print(f"wrote {do_export(ckpt, out, tokenizer, dtype, overwrite)}")
 
 
-@app.command("import", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def import_(hf_dir: Annotated[Path, typer.Argument(help="A Hugging Face Qwen3 directory.")]):
-    """Import a Hugging Face Qwen3 checkpoint as a t3s checkpoint. Not available yet."""
-    _not_yet("import", "needs the HF conversion")
+@app.command("import")
+def import_(
+    hf_dir: Annotated[Path, typer.Argument(help="A Hugging Face Qwen3 directory (safetensors + config.json + tokenizer).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="t3s checkpoint directory to write.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+):
+    """Import a Hugging Face Qwen3 checkpoint as a t3s weights checkpoint (use it as model.init).
+
+    The result loads at any TP/PP layout. Runs in one process and holds the whole model in memory;
+    `model.init=HF_DIR` in a run does this conversion for you.
+    """
+    from t3s_nemo.model.hf import import_ as do_import
+
+    console.print(f"wrote {do_import(hf_dir, out, overwrite)}")
 
 
 @app.command("pipeline", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -227,14 +227,41 @@ class CheckpointManager:
             self._check_compatible(marker, path)
             W.load_weights(self.bundle.chunks, path, expect_vocab=self.bundle.vocab_size)
         elif (path / "config.json").is_file():
-            raise T3SError(f"config key 'model.init': {path} is a Hugging Face directory; importing HF weights "
-                           "is not available yet in this version (start from a t3s checkpoint or random init)")
+            converted = self._import_hf(path)
+            W.load_weights(self.bundle.chunks, converted, expect_vocab=self.bundle.vocab_size)
         elif path.is_dir() and any(path.glob("*.distcp")) or (path / "metadata.json").is_file():
             raise T3SError(f"{path}: checkpoint has no {W.MARKER} (its save did not complete)")
         else:
             raise T3SError(f"config key 'model.init': {path} is neither a t3s checkpoint nor a Hugging Face model directory")
         if self.is_main:
             console.print(f"initialised from {path}")
+
+    def _import_hf(self, hf_dir: Path) -> Path:
+        """Rank 0 converts the HF directory once (run_dir/init_from_hf); every rank then loads its shard."""
+        import os
+        import subprocess
+        import sys
+
+        converted = self.run_dir / "init_from_hf"
+        if self.is_main and not W.is_complete(converted):
+            console.print(f"converting {hf_dir} to {converted} (once per run directory)")
+            # a clean single-process CPU environment: not a member of this run's process group (torchrun's
+            # TORCHELASTIC_USE_AGENT_STORE would make the child wait on the agent's rendezvous store)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC_") and k not in (
+                "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "SLURM_PROCID",
+                "SLURM_NTASKS", "SLURM_LOCALID")}
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            p = subprocess.run([sys.executable, "-m", "t3s_nemo.model.hf", "import", str(hf_dir), str(converted),
+                                "--overwrite"], env=env, capture_output=True, text=True)
+            if p.returncode != 0:
+                lines = (p.stderr or p.stdout).strip().splitlines()
+                raise T3SError(f"model.init={hf_dir}: import failed: {lines[-1] if lines else p.returncode}")
+        if dist.is_initialized():
+            dist.barrier()
+        marker = W.read_marker(converted)
+        self._check_compatible(marker, hf_dir)
+        return converted
 
     def _check_compatible(self, marker: dict, path: Path) -> None:
         fp = marker.get("tokenizer_fingerprint")

@@ -1,40 +1,12 @@
-"""Fixtures for tests that start real processes (torchrun + gloo) running the real megatron-core engine."""
+"""Fixtures for tests that start real processes; the helpers they use live in procs.py."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "t3s_nemo" / "assets" / "demo"
-TINY = REPO / "configs" / "tiny" / "sft.yaml"
-
-
-def env() -> dict:
-    e = dict(os.environ, T3S_NO_PROGRESS="1", OMP_NUM_THREADS="1")
-    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    return e
-
-
-def run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a command; fail the test with its output if it fails."""
-    p = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=timeout, cwd=REPO)
-    if p.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {p.returncode}\n{p.stdout[-4000:]}\n{p.stderr[-8000:]}")
-    return p
-
-
-def train(run_dir: Path, data: Path, *overrides: str, nproc: int = 1, mode: str = "sft") -> list[dict]:
-    """Run the train recipe (under torchrun when nproc > 1); returns trajectory.jsonl records."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]
-    run([*launcher, "-m", "t3s_nemo.recipes.train", "--mode", mode, str(TINY), f"run_dir={run_dir}",
-         f"data.path={data}", "train.tensorboard=false", "checkpoint.async_save=false", *overrides])
-    return [json.loads(line) for line in (run_dir / "trajectory.jsonl").read_text().splitlines()]
+from procs import DEMO
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,12 @@
 import json
 import subprocess
 
-from conftest import REPO, env
+from procs import REPO, env, t3s
 
 
 def test_t3s_sft_tiny_config_runs_and_loss_decreases(tmp_path):
     run_dir = tmp_path / "run"
-    p = subprocess.run(["t3s", "sft", "configs/tiny/sft.yaml", f"run_dir={run_dir}", "train.steps=12"],
+    p = subprocess.run([*t3s(), "sft", "configs/tiny/sft.yaml", f"run_dir={run_dir}", "train.steps=12"],
                        cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     records = [json.loads(x) for x in (run_dir / "trajectory.jsonl").read_text().splitlines()]
@@ -22,7 +22,7 @@ def test_t3s_sft_tiny_config_runs_and_loss_decreases(tmp_path):
 
 
 def test_t3s_train_without_a_mask_is_a_clear_error(tmp_path):
-    p = subprocess.run(["t3s", "train", "configs/tiny/sft.yaml", f"run_dir={tmp_path / 'r'}"],
+    p = subprocess.run([*t3s(), "train", "configs/tiny/sft.yaml", f"run_dir={tmp_path / 'r'}"],
                        cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 1
     assert "error: `t3s train` trains with a T3S mask" in p.stderr

@@ -3,7 +3,7 @@
 import json
 import sys
 
-from conftest import REPO, run
+from procs import REPO, run
 
 
 def test_packed_masked_and_all_masked_behaviour(tiny_data):

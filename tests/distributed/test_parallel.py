@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from conftest import run, train
+from procs import run, train
 
 STEPS = ("train.steps=3", "train.global_batch_size=4", "train.micro_batch_size=1", "train.warmup_steps=0",
          "train.lr=3e-3", "checkpoint.snapshot_interval=3")
@@ -45,7 +45,7 @@ def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
 def test_context_parallel_needs_transformer_engine_on_cpu(tiny_data, tmp_path):
     import subprocess
 
-    from conftest import TINY, env
+    from procs import TINY, env
 
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                         "-m", "t3s_nemo.recipes.train", str(TINY), f"run_dir={tmp_path / 'run'}",

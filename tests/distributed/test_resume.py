@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY, env, train
+from procs import REPO, TINY, env, train
 
 ARGS = ("train.steps=8", "train.global_batch_size=2", "train.warmup_steps=1", "checkpoint.save_interval=2",
         "checkpoint.keep_last=2", "train.log_interval=1")
