@@ -169,22 +169,83 @@ def bottleneck(run: Annotated[Path, typer.Argument(help="A trajectory run direct
     _not_yet("bottleneck", "needs the generation stage")
 
 
-@app.command("profile", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def profile(run: Annotated[Path, typer.Argument(help="A run directory with bottleneck.json.")]):
-    """Per-token log p of response tokens at theta_0 and theta_b; writes logp0, logpb, delta channels. Not available yet."""
-    _not_yet("profile", "needs the trajectory stage")
+@app.command("profile")
+def profile(
+    run: Annotated[Optional[Path], typer.Argument(help="A trajectory run directory with bottleneck.json (writes channels logp0, logpb, delta into its dataset).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Standalone: a packed dataset.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Standalone: the selector checkpoint (theta_0).")] = None,
+    checkpoint_b: Annotated[Optional[Path], typer.Option("--checkpoint-b", help="Standalone: a second checkpoint (theta_b); adds delta.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Standalone: output directory for logp_a.npz (logp_b.npz, delta.npz).")] = None,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel size.")] = 1,
+    pp: Annotated[int, typer.Option(help="Pipeline-parallel size.")] = 1,
+    nproc_per_node: NprocOpt = 1,
+):
+    """Per-token log p of every response token at theta_0 and theta_b (forward only, TP/PP/DP).
+
+    With RUN: theta_0 = RUN/snapshots/step_0 (or profile.selector_base), theta_b = the bottleneck
+    snapshot (or profile.selector_bottleneck); writes RUN/profile/*.npz and adds channels logp0, logpb
+    and delta = logpb - logp0 to the run's packed dataset. Standalone (--data --checkpoint [--checkpoint-b]
+    --out): writes per-example arrays keyed by example id (npz) that `t3s data add-channel --span
+    response` reads. A selector must share the dataset's tokenizer (checked by fingerprint).
+    """
+    parallel = [f"parallel.tp={tp}", f"parallel.pp={pp}"]
+    if run is not None:
+        from t3s_nemo.trajectory.profile import profile_run
+
+        profile_run(run, nproc_per_node, parallel=parallel)
+        return
+    if not (data and checkpoint and out):
+        raise T3SError("give a run directory, or --data, --checkpoint and --out")
+    args = ["--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out)]
+    if checkpoint_b:
+        args += ["--checkpoint-b", str(checkpoint_b)]
+    launch_recipe("t3s_nemo.recipes.profile", args + parallel, nproc_per_node)
 
 
-@app.command("mask", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def mask(run: Annotated[Path, typer.Argument(help="A run directory whose dataset has a delta channel.")]):
-    """Build a T3S mask channel (ar | reverse | static-confidence | random | dllm) and a report. Not available yet."""
-    _not_yet("mask", "needs the profile stage")
+@app.command("mask")
+def mask(
+    run: Annotated[Path, typer.Argument(help="A run directory (or a packed dataset directory) with a delta channel.")],
+    rule: Annotated[str, typer.Option(help="ar (T3S) | reverse (-T3S) | static-confidence | random")] = "ar",
+    name: Annotated[Optional[str], typer.Option(help="Channel name (default: t3s_mask for ar, mask_<rule> otherwise).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random baseline.")] = 0,
+):
+    """Build a T3S mask channel (1 = train on the token) and a report of the anchor tokens.
+
+    ar drops imitation anchors (delta > 0); reverse keeps only them; static-confidence and random drop
+    the same fraction by theta_0 confidence or at random. Writes the channel into the dataset and
+    DIR/masks/<channel>.json; train with `t3s train CONFIG mask.channel=<channel>`.
+    """
+    from t3s_nemo.config import load_config
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.trajectory.mask_build import build_mask
+
+    data = load_config(run / "config.yaml").data.path if (run / "config.yaml").is_file() else run
+    r = build_mask(PackedDataset(data), rule, name, seed)
+    console.print(f"{r['channel']}: rule {rule}, {r['masked_fraction']:.1%} of {r['response_tokens']:,} response "
+                  f"tokens masked; top anchors: " + ", ".join(repr(t["token"]) for t in r["top_anchor_tokens"][:10]))
 
 
-@app.command("rrt", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def rrt(run: Annotated[Path, typer.Argument(help="A trajectory run directory.")]):
-    """Recovering Residual Transfer: theta_0 + (theta_f - theta_b), shard by shard. Not available yet."""
-    _not_yet("rrt", "needs the bottleneck stage")
+@app.command("rrt")
+def rrt(
+    run: Annotated[Path, typer.Argument(help="A trajectory run directory with bottleneck.json.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output checkpoint (default RUN/rrt).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+):
+    """Recovering Residual Transfer: theta_0 + (theta_f - theta_b), the parameter-space baseline.
+
+    theta_0 = RUN/snapshots/step_0, theta_b = the bottleneck snapshot, theta_f = the last snapshot.
+    Writes a t3s weights checkpoint (export it with `t3s export`).
+    """
+    from t3s_nemo.checkpoint.manager import step_dirs
+    from t3s_nemo.config import load_config
+    from t3s_nemo.trajectory.profile import selectors
+    from t3s_nemo.trajectory.rrt import rrt as do_rrt
+
+    cfg = load_config(run / "config.yaml")
+    base, bottleneck = selectors(run, cfg)
+    final = step_dirs(run / "snapshots")[-1][1]
+    console.print(f"wrote {do_rrt(base, bottleneck, final, out or run / 'rrt', overwrite)} "
+                  f"(theta_0 {base.name} + theta_f {final.name} - theta_b {bottleneck.name})")
 
 
 @app.command("export")

@@ -9,7 +9,7 @@ from t3s_nemo.cli import app
 
 STAGES = ["sft", "train", "bottleneck", "profile", "mask", "rrt", "export", "import", "pipeline", "eval",
           "demo", "plan", "data pack", "data inspect", "data add-channel"]
-NOT_YET = ["bottleneck", "profile", "mask", "rrt", "pipeline", "eval"]
+NOT_YET = ["bottleneck", "pipeline", "eval"]
 
 
 @pytest.mark.parametrize("stage", STAGES)

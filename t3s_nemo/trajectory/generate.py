@@ -1,0 +1,179 @@
+"""Sampling answers from an exported Hugging Face model: n samples per prompt, prompts given as token ids.
+
+Backends:
+    transformers  AutoModelForCausalLM + model.generate (KV cache, left padding); CPU or one GPU
+    vllm          vLLM's offline LLM engine (tensor parallel); GPU, `pip install 't3s-nemo[eval]'`
+    auto          vllm when CUDA is there and vllm imports, else transformers
+
+An in-framework megatron-core sampler (generation straight from a distributed checkpoint) is not
+written yet; checkpoints are exported to a Hugging Face directory first.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from t3s_nemo.errors import T3SError
+
+BACKENDS = ("auto", "transformers", "vllm")
+
+
+@dataclass
+class Sample:
+    text: str  # decoded response, special tokens removed
+    num_tokens: int  # generated tokens, including the end-of-sequence token when the model emitted one
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend `auto` stands for on this machine (vllm needs CUDA and an importable vllm)."""
+    if backend not in BACKENDS:
+        raise T3SError(f"generation backend '{backend}' is not one of {' | '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    import torch
+
+    if not torch.cuda.is_available():
+        return "transformers"
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # not installed, or installed for another torch/CUDA: fall back, do not fail
+        return "transformers"
+    return "vllm"
+
+
+def generate(
+    hf_dir: str | Path,
+    prompts_token_ids: Sequence[Sequence[int]],
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int,
+    *,
+    backend: str = "auto",
+    tp: int = 1,
+    on_progress: Optional[Callable[[int], None]] = None,
+) -> list[list[Sample]]:
+    """n samples for every prompt (result[i][k] = sample k of prompt i); temperature 0 = greedy.
+
+    on_progress(k) is called with the number of prompts finished since the last call.
+    """
+    if n < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise T3SError(f"generation: n, max_new_tokens and batch_size must be >= 1 (got {n}, {max_new_tokens}, {batch_size})")
+    if not prompts_token_ids:
+        return []
+    if any(len(p) == 0 for p in prompts_token_ids):
+        raise T3SError("generation: an empty prompt (no tokens) cannot be sampled from")
+    prompts = [list(map(int, p)) for p in prompts_token_ids]
+    which = resolve_backend(backend)
+    if which == "vllm":
+        return _generate_vllm(Path(hf_dir), prompts, n, temperature, top_p, max_new_tokens, seed, tp, on_progress)
+    return _generate_transformers(Path(hf_dir), prompts, n, temperature, top_p, max_new_tokens, seed, batch_size,
+                                  on_progress)
+
+
+def _generate_transformers(hf_dir: Path, prompts: list[list[int]], n: int, temperature: float, top_p: float,
+                           max_new_tokens: int, seed: int, batch_size: int,
+                           on_progress: Optional[Callable[[int], None]]) -> list[list[Sample]]:
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
+
+    from t3s_nemo.data.tokenizer import load_tokenizer, pad_id
+
+    tok = load_tokenizer(hf_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # bf16 matmuls are slow on CPU; on GPU keep the checkpoint's dtype
+    dtype = "auto" if device.type == "cuda" else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype, local_files_only=True)
+    except OSError as e:
+        raise T3SError(f"{hf_dir}: cannot load the model: {str(e).splitlines()[0]}") from None
+    model.to(device).eval()
+    eos, pad = tok.eos_token_id, pad_id(tok)
+    # every sampling knob explicit: generate() fills unset ones from the exported generation_config.json
+    # (top_k=20) and transformers' defaults (top_k=50); vLLM's semantics are temperature + top_p only
+    sampling = temperature > 0
+    gen = GenerationConfig(
+        do_sample=sampling, temperature=temperature if sampling else 1.0, top_p=top_p if sampling else 1.0,
+        top_k=0, min_p=None, repetition_penalty=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
+        eos_token_id=eos, pad_token_id=pad, use_cache=True,
+    )
+    # longest first: batches of similar length waste less compute on padding
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[Optional[list[Sample]]] = [None] * len(prompts)
+    try:
+        for b, start in enumerate(range(0, len(order), batch_size)):
+            idx = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):  # left padding: every prompt ends where generation starts
+                ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                mask[r, width - len(prompts[i]):] = 1
+            set_seed(seed + b)  # reproducible per batch whatever ran before
+            with torch.inference_mode():
+                seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen)
+            new = seqs[:, width:].cpu().tolist()
+            for r, i in enumerate(idx):
+                out[i] = [_sample(tok, new[r * n + k], eos) for k in range(n)]
+            if on_progress:
+                on_progress(len(idx))
+    finally:
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out  # type: ignore[return-value]
+
+
+def _sample(tok, ids: list[int], eos: int) -> Sample:
+    """Cut a generated row after its first eos; rows without one ran to the end (nothing to cut)."""
+    if eos in ids:
+        ids = ids[: ids.index(eos) + 1]
+    return Sample(text=tok.decode(ids, skip_special_tokens=True), num_tokens=len(ids))
+
+
+def _generate_vllm(hf_dir: Path, prompts: list[list[int]], n: int, temperature: float, top_p: float,
+                   max_new_tokens: int, seed: int, tp: int,
+                   on_progress: Optional[Callable[[int], None]]) -> list[list[Sample]]:
+    try:
+        import vllm
+    except ImportError:
+        raise T3SError("generation.backend=vllm: vLLM is not installed; pip install 't3s-nemo[eval]' (needs CUDA)") from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise T3SError("generation.backend=vllm needs a CUDA GPU; use generation.backend=auto on CPU machines")
+    max_len = max(len(p) for p in prompts) + max_new_tokens
+    llm = vllm.LLM(model=str(hf_dir), tensor_parallel_size=tp, seed=seed, max_model_len=max_len)
+    try:
+        # a per-request seed: vLLM gives the n parallel samples of a request seeds seed, seed+1, ...
+        params = vllm.SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+        results = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        out = [[Sample(text=c.text, num_tokens=len(c.token_ids)) for c in r.outputs] for r in results]
+    finally:
+        del llm
+        _free_vllm()
+    if on_progress:
+        on_progress(len(prompts))
+    return out
+
+
+def _free_vllm() -> None:
+    """Release the GPU after one snapshot's engine, so the next snapshot's engine fits."""
+    import torch
+
+    try:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    except Exception:  # the module moved between vLLM versions; freeing memory below still helps
+        pass
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,98 @@
+"""`t3s mask`: a uint8 mask channel (1 = train on the token) from the profile channels, and a report.
+
+Rules on delta = log p(theta_b) - log p(theta_0) per response token:
+    ar                 T3S: drop imitation anchors (delta > 0)
+    reverse            -T3S diagnostic: train on the anchors only
+    static-confidence  baseline: drop the same fraction of tokens as `ar`, chosen by theta_0 log p
+                       (most confident first) -- a mask that ignores the trajectory
+    random             baseline: drop the same fraction uniformly at random (seeded)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from t3s_nemo.data.packed import PackedDataset
+from t3s_nemo.errors import T3SError
+from t3s_nemo.io import atomic_write_json
+from t3s_nemo.trajectory.masks import anchor_mask, reverse_mask
+
+RULES = ("ar", "reverse", "static-confidence", "random")
+
+
+def _response(ds: PackedDataset, name: str) -> list[np.ndarray]:
+    if name not in ds.channels:
+        raise T3SError(f"{ds.path}: no '{name}' channel (run `t3s profile` first)")
+    return [ds.read_example(i, name)[ds.response_slice(i)] for i in range(ds.num_examples)]
+
+
+def _same_fraction(scores: list[np.ndarray], fraction: float) -> list[np.ndarray]:
+    """Keep-masks dropping the `fraction` of all tokens with the highest score."""
+    flat = np.concatenate(scores) if scores else np.zeros(0)
+    k = int(round(fraction * len(flat)))
+    drop = np.zeros(len(flat), dtype=bool)
+    if k:
+        drop[np.argsort(-flat, kind="stable")[:k]] = True
+    out, off = [], 0
+    for s in scores:
+        out.append((~drop[off : off + len(s)]).astype(np.uint8))
+        off += len(s)
+    return out
+
+
+def build_mask(ds: PackedDataset, rule: str, name: Optional[str] = None, seed: int = 0, overwrite: bool = True,
+               top_k: int = 30) -> dict:
+    """Write the mask channel for `rule` and return its report (also saved as DIR/masks/<name>.json)."""
+    if rule not in RULES:
+        raise T3SError(f"unknown mask rule '{rule}' (one of {', '.join(RULES)})")
+    name = name or ("t3s_mask" if rule == "ar" else "mask_" + rule.replace("-", "_"))
+    delta = _response(ds, "delta")
+    anchors = [anchor_mask(d) for d in delta]
+    anchor_fraction = 1 - float(np.concatenate(anchors).mean()) if anchors else 0.0
+    if rule == "ar":
+        keep = anchors
+    elif rule == "reverse":
+        keep = [reverse_mask(d) for d in delta]
+    elif rule == "static-confidence":
+        keep = _same_fraction(_response(ds, "logp0"), anchor_fraction)
+    else:
+        rng = np.random.default_rng(seed)
+        keep = _same_fraction([rng.random(len(d)) for d in delta], anchor_fraction)
+    ds.add_channel(name, {ds.ids[i]: keep[i] for i in range(ds.num_examples)}, dtype="uint8", span="response",
+                   fill=0, overwrite=overwrite, info={"rule": rule, "seed": seed})
+    report = _report(ds, rule, name, delta, keep, anchor_fraction, top_k)
+    atomic_write_json(Path(ds.path) / "masks" / f"{name}.json", report)
+    return report
+
+
+def _report(ds, rule, name, delta, keep, anchor_fraction, top_k) -> dict:
+    from t3s_nemo.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(ds.tokenizer_dir)
+    anchor_counts: Counter = Counter()
+    learn_counts: Counter = Counter()
+    for i, d in enumerate(delta):
+        ids = ds.read_example(i)[ds.response_slice(i)]
+        anchor_counts.update(ids[d > 0].tolist())
+        learn_counts.update(ids[d <= 0].tolist())
+    total = sum(len(k) for k in keep)
+    trained = int(sum(int(k.sum()) for k in keep))
+
+    def top(c: Counter):
+        return [{"token": tok.decode([t]), "id": int(t), "count": n} for t, n in c.most_common(top_k)]
+
+    return {
+        "rule": rule,
+        "channel": name,
+        "response_tokens": total,
+        "trained_tokens": trained,
+        "masked_fraction": 1 - trained / total if total else 0.0,
+        "anchor_fraction": anchor_fraction,
+        "mean_delta": float(np.concatenate(delta).mean()) if delta else 0.0,
+        "top_anchor_tokens": top(anchor_counts),
+        "top_yet_to_learn_tokens": top(learn_counts),
+    }
