@@ -11,6 +11,7 @@ written yet; checkpoints are exported to a Hugging Face directory first.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,12 +80,38 @@ def generate(
 def _generate_transformers(hf_dir: Path, prompts: list[list[int]], n: int, temperature: float, top_p: float,
                            max_new_tokens: int, seed: int, batch_size: int,
                            on_progress: Optional[Callable[[int], None]]) -> list[list[Sample]]:
+    from t3s_nemo.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(hf_dir)
+    with _quiet_transformers():
+        return _run_transformers(hf_dir, tok, prompts, n, temperature, top_p, max_new_tokens, seed, batch_size,
+                                 on_progress)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No weight-loading bars or ignored-flag warnings from transformers inside our own progress display."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _run_transformers(hf_dir: Path, tok, prompts: list[list[int]], n: int, temperature: float, top_p: float,
+                      max_new_tokens: int, seed: int, batch_size: int,
+                      on_progress: Optional[Callable[[int], None]]) -> list[list[Sample]]:
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
 
-    from t3s_nemo.data.tokenizer import load_tokenizer, pad_id
+    from t3s_nemo.data.tokenizer import pad_id
 
-    tok = load_tokenizer(hf_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # bf16 matmuls are slow on CPU; on GPU keep the checkpoint's dtype
     dtype = "auto" if device.type == "cuda" else torch.float32
@@ -97,9 +124,10 @@ def _generate_transformers(hf_dir: Path, prompts: list[list[int]], n: int, tempe
     # every sampling knob explicit: generate() fills unset ones from the exported generation_config.json
     # (top_k=20) and transformers' defaults (top_k=50); vLLM's semantics are temperature + top_p only
     sampling = temperature > 0
+    per_prompt = n if sampling else 1  # greedy samples are all the same: decode once, repeat
     gen = GenerationConfig(
         do_sample=sampling, temperature=temperature if sampling else 1.0, top_p=top_p if sampling else 1.0,
-        top_k=0, min_p=None, repetition_penalty=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
+        top_k=0, min_p=None, repetition_penalty=1.0, max_new_tokens=max_new_tokens, num_return_sequences=per_prompt,
         eos_token_id=eos, pad_token_id=pad, use_cache=True,
     )
     # longest first: batches of similar length waste less compute on padding
@@ -119,7 +147,7 @@ def _generate_transformers(hf_dir: Path, prompts: list[list[int]], n: int, tempe
                 seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen)
             new = seqs[:, width:].cpu().tolist()
             for r, i in enumerate(idx):
-                out[i] = [_sample(tok, new[r * n + k], eos) for k in range(n)]
+                out[i] = [_sample(tok, new[r * per_prompt + k % per_prompt], eos) for k in range(n)]
             if on_progress:
                 on_progress(len(idx))
     finally:

@@ -1,0 +1,100 @@
+"""Profile (against transformers), masks (rules and baselines) and RRT on a real tiny trajectory."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from procs import REPO, run, t3s, train
+
+
+@pytest.fixture(scope="module")
+def trajectory(tiny_data, tmp_path_factory):
+    """A 3-step trajectory run with a snapshot per step and theta_b chosen by hand (step 2)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("traj")
+    data = root / "data"
+    shutil.copytree(tiny_data, data)
+    run_dir = root / "run"
+    train(run_dir, data, "train.steps=3", "train.global_batch_size=2", "checkpoint.snapshot_interval=1")
+    (run_dir / "bottleneck.json").write_text(json.dumps(
+        {"bottleneck_step": 2, "bottleneck_dir": str(run_dir / "snapshots" / "step_2")}))
+    return run_dir, data
+
+
+def test_profile_matches_transformers_and_tp2(trajectory, tmp_path):
+    run_dir, data = trajectory
+    run([*t3s(), "profile", str(run_dir)])
+    run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(run_dir / "snapshots" / "step_2"), str(tmp_path / "hf")])
+    p = run([sys.executable, str(REPO / "tests/distributed/scripts/profile_vs_hf.py"), str(data), str(tmp_path / "hf"),
+             str(run_dir / "profile" / "logp_b.npz")])
+    r = json.loads(p.stdout.split("RESULT ", 1)[1])
+    assert r["lengths_ok"] and r["examples"] >= 5
+    assert r["max_abs_diff"] < 1e-4
+    # the same profile at TP=2 (standalone mode)
+    run([*t3s(), "profile", "--data", str(data), "--checkpoint", str(run_dir / "snapshots" / "step_0"),
+         "--checkpoint-b", str(run_dir / "snapshots" / "step_2"), "--out", str(tmp_path / "tp2"), "--tp", "2",
+         "--nproc-per-node", "2"])
+    one, two = np.load(run_dir / "profile" / "delta.npz"), np.load(tmp_path / "tp2" / "delta.npz")
+    assert sorted(one.files) == sorted(two.files)
+    assert max(float(np.abs(one[k] - two[k]).max()) for k in one.files) < 1e-4
+    a, b = np.load(run_dir / "profile" / "logp_a.npz"), np.load(run_dir / "profile" / "logp_b.npz")
+    assert all(np.allclose(one[k], b[k] - a[k]) for k in one.files)
+
+
+def test_masks_follow_their_rules(trajectory):
+    from t3s_nemo.data.packed import PackedDataset
+
+    run_dir, data = trajectory
+    if "delta" not in PackedDataset(data).channels:
+        run([*t3s(), "profile", str(run_dir)])
+    for rule in ("ar", "reverse", "static-confidence", "random"):
+        run([*t3s(), "mask", str(run_dir), "--rule", rule])
+    ds = PackedDataset(data)
+    resp = lambda name: np.concatenate([ds.read_example(i, name)[ds.response_slice(i)] for i in range(ds.num_examples)])
+    delta, logp0 = resp("delta"), resp("logp0")
+    ar, rev = resp("t3s_mask"), resp("mask_reverse")
+    static, rnd = resp("mask_static_confidence"), resp("mask_random")
+    assert np.array_equal(ar, (delta <= 0).astype(np.uint8))
+    assert np.array_equal(rev, 1 - ar)
+    masked = int((ar == 0).sum())
+    assert int((static == 0).sum()) == masked and int((rnd == 0).sum()) == masked
+    if 0 < masked < len(ar):  # static-confidence drops the most confident tokens at theta_0
+        assert logp0[static == 0].min() >= logp0[static == 1].max()
+    report = json.loads((data / "masks" / "t3s_mask.json").read_text())
+    assert report["masked_fraction"] == pytest.approx(masked / len(ar))
+    # prompt tokens are never trained on, whatever the mask
+    i = 0
+    assert ds.read_example(i, "t3s_mask")[: ds.prompt_lengths[i]].sum() == 0
+
+
+def test_masked_training_uses_the_channel(trajectory, tmp_path):
+    run_dir, data = trajectory
+    from t3s_nemo.data.packed import PackedDataset
+
+    if "mask_random" not in PackedDataset(data).channels:
+        if "delta" not in PackedDataset(data).channels:
+            run([*t3s(), "profile", str(run_dir)])
+        run([*t3s(), "mask", str(run_dir), "--rule", "random"])
+    recs = train(tmp_path / "masked", data, "train.steps=1", "train.global_batch_size=2", "mask.channel=mask_random",
+                 mode="train", nproc=1)
+    plain = train(tmp_path / "plain", data, "train.steps=1", "train.global_batch_size=2")
+    assert recs[0]["tokens"] == plain[0]["tokens"]
+    frac = json.loads((data / "masks" / "mask_random.json").read_text())["masked_fraction"]
+    assert 0 < recs[0]["masked_fraction"] and recs[0]["trained_tokens"] < plain[0]["trained_tokens"]
+    assert recs[0]["masked_fraction"] == pytest.approx(frac, abs=0.1)
+
+
+def test_rrt_is_base_plus_final_minus_bottleneck(trajectory, tmp_path):
+    run_dir, _ = trajectory
+    run([*t3s(), "rrt", str(run_dir), "--out", str(tmp_path / "rrt")])
+    snaps = run_dir / "snapshots"
+    pairs = (("rrt", tmp_path / "rrt"), ("s0", snaps / "step_0"), ("sb", snaps / "step_2"), ("sf", snaps / "step_3"))
+    run([sys.executable, "-m", "t3s_nemo.checkpoint.consolidate",
+         *[str(x) for name, path in pairs for x in (path, tmp_path / f"{name}.pt")]])
+    out = {name: torch.load(tmp_path / f"{name}.pt", weights_only=True) for name, _ in pairs}
+    for k in out["rrt"]:
+        torch.testing.assert_close(out["rrt"][k], out["s0"][k] + out["sf"][k] - out["sb"][k], rtol=0, atol=1e-6)
