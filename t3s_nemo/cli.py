@@ -160,13 +160,26 @@ def _not_yet(stage: str, issue: str) -> None:
     raise T3SError(f"`t3s {stage}` is not available yet in this version of t3s-nemo ({issue})")
 
 
-@app.command("bottleneck", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bottleneck(run: Annotated[Path, typer.Argument(help="A trajectory run directory (with snapshots/).")]):
-    """Find the Imitation Bottleneck: sample and verify training prompts per snapshot; theta_b = lowest accuracy.
+@app.command("bottleneck")
+def bottleneck(
+    run: Annotated[Path, typer.Argument(help="A trajectory run directory (with snapshots/ and config.yaml).")],
+    overrides: OverridesArg = None,
+    force: Annotated[Optional[bool], typer.Option("--force/--no-force", help="Pick theta_b even when no accuracy dip is found (default: bottleneck.force).")] = None,
+):
+    """Find the Imitation Bottleneck: the snapshot with the lowest training accuracy.
 
-    Writes run/bottleneck.json and run/accuracy.png. Not available yet.
+    For each snapshot (bottleneck.every / start / end), samples generation.n answers to the training
+    prompts (T=0.6, top_p=0.95 by default), verifies them against the gold answers with math-verify and
+    picks theta_b by bottleneck.rule (argmin | moving_average | first_recovery). Writes
+    RUN/bottleneck.json, RUN/accuracy.png and RUN/bottleneck/step_N.json (finished snapshots are not
+    evaluated again). Exits non-zero when accuracy never dips bottleneck.margin below theta_0's (no
+    Imitation Shock: T3S does not apply) unless --force. Overrides: generation.* and bottleneck.* keys.
     """
-    _not_yet("bottleneck", "needs the generation stage")
+    from t3s_nemo.trajectory.bottleneck import run_bottleneck
+
+    r = run_bottleneck(run, overrides or [], force)
+    console.print(f"theta_b = step {r['bottleneck_step']} ({r['bottleneck_dir']}); "
+                  f"accuracy {r['base_accuracy']:.1%} -> {r['min_accuracy']:.1%}; {run / 'accuracy.png'}")
 
 
 @app.command("profile")
@@ -282,16 +295,78 @@ def import_(
     console.print(f"wrote {do_import(hf_dir, out, overwrite)}")
 
 
-@app.command("pipeline", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pipeline(config: ConfigArg):
-    """sft -> bottleneck -> profile -> mask -> train (-> rrt, baselines) in one run directory. Not available yet."""
-    _not_yet("pipeline", "needs every stage")
+@app.command("pipeline")
+def pipeline(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    nproc_per_node: NprocOpt = 1,
+    force: Annotated[Optional[bool], typer.Option("--force/--no-force", help="Pick theta_b even when no accuracy dip is found (default: bottleneck.force).")] = None,
+):
+    """sft -> bottleneck -> profile -> masks -> T3S retraining (+ baselines, RRT) in run_dir.
+
+    Each stage is skipped when its output is complete, so rerunning the same command resumes. Keys:
+    pipeline.mask_rule (ar), pipeline.baselines (reverse, static-confidence, random), pipeline.rrt,
+    pipeline.sft_steps (the trajectory run's length; train.steps is the retraining's).
+    """
+    from t3s_nemo.trajectory.pipeline import run_pipeline
+
+    run_pipeline(config, overrides, nproc_per_node, force)
 
 
-@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval_(ckpt: Annotated[Path, typer.Argument(help="A t3s checkpoint or a Hugging Face directory.")]):
-    """avg@k / pass@k on local benchmark JSONL files, verified with math-verify. Not available yet."""
-    _not_yet("eval", "needs the generation stage")
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="A t3s checkpoint, a Hugging Face directory, or the word `compare`.")],
+    results: Annotated[Optional[list[Path]], typer.Argument(help="With `compare`: results.json files (LABEL=PATH to name a row).", show_default=False)] = None,
+    benchmark: Annotated[Optional[list[Path]], typer.Option(help="Benchmark JSONL (fields problem, answer); repeat for several.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (results.json, one JSONL per benchmark); with compare: the PNG.")] = None,
+    n: Annotated[int, typer.Option(help="Samples per problem (k).")] = 32,
+    temperature: Annotated[float, typer.Option()] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32768,
+    backend: Annotated[str, typer.Option(help="auto (vLLM on GPU if installed) | transformers | vllm")] = "auto",
+    tp: Annotated[int, typer.Option(help="vLLM tensor-parallel size.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Problems per generation batch.")] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer (default: the checkpoint's).")] = None,
+    problem_field: Annotated[str, typer.Option(help="Benchmark field with the problem.")] = "problem",
+    answer_field: Annotated[str, typer.Option(help="Benchmark field with the gold answer.")] = "answer",
+):
+    """avg@k, pass@k and generated tokens on local benchmarks; or compare result files.
+
+    t3s eval CKPT --benchmark aime24.jsonl --benchmark aime25.jsonl --out evals/t3s   (resumable)
+    t3s eval compare base=evals/base/results.json t3s=evals/t3s/results.json --out compare.png
+
+    Answers are taken from \\boxed{} and checked with math-verify. Defaults follow the paper's
+    protocol: 32 samples, temperature 0.6, top_p 0.95. t3s checkpoints are exported to HF first.
+    """
+    from t3s_nemo.trajectory import evaluate as E
+
+    if model == "compare":
+        if not results:
+            raise T3SError("eval compare: give one or more results.json files")
+        loaded = {}
+        for item in results:
+            label, _, path = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
+            from t3s_nemo.io import read_json
+
+            r = read_json(Path(path), "eval results")
+            loaded[label or Path(path).parent.name] = r
+        out_console = console.__class__(highlight=False, width=max(110, console.width))
+        out_console.print(E.table(loaded))
+        if out:
+            E.compare_plot(loaded, out)
+            console.print(f"wrote {out}")
+        return
+    if not benchmark or not out:
+        raise T3SError("eval: --benchmark and --out are required")
+    from t3s_nemo.config import GenerationConfig
+
+    gen = GenerationConfig(backend=backend, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, seed=seed, tp=tp)
+    r = E.evaluate(Path(model), benchmark, out, gen, tokenizer, problem_field, answer_field)
+    out_console = console.__class__(highlight=False, width=max(110, console.width))
+    out_console.print(E.table({Path(model).name: r}))
+    console.print(f"wrote {out / 'results.json'}")
 
 
 @app.command("plan")
@@ -334,7 +409,7 @@ def plan(
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory for the demo.")] = Path("runs/demo"),
-    steps: Annotated[int, typer.Option(help="SFT steps of the trajectory run.")] = 20,
+    steps: Annotated[int, typer.Option(help="Steps of the trajectory run and of each retraining run.")] = 12,
     nproc_per_node: NprocOpt = 1,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming an earlier demo run.")] = False,
 ):

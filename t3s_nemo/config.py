@@ -162,7 +162,7 @@ class PipelineConfig:
     """What `t3s pipeline` runs after the trajectory."""
 
     mask_rule: str = "ar"  # the T3S mask for the retraining run
-    baselines: list[str] = field(default_factory=list)  # reverse | static-high | static-low | random
+    baselines: list[str] = field(default_factory=list)  # reverse | static-confidence | random
     rrt: bool = False
     sft_steps: Optional[int] = None  # steps of the trajectory run (null = train.steps)
     online: bool = False
@@ -197,6 +197,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "generation.backend": ("auto", "megatron", "vllm"),
     "bottleneck.rule": ("argmin", "moving_average", "first_recovery"),
 }
+
+MASK_RULES = ("ar", "reverse", "static-confidence", "random")
 
 POSITIVE: tuple[str, ...] = (
     "parallel.tp", "parallel.pp", "parallel.cp", "train.steps", "train.micro_batch_size",
@@ -342,6 +344,11 @@ def validate(cfg: Config) -> None:
     w = cfg.checkpoint.snapshot_window
     if w is not None and (len(w) != 2 or w[0] > w[1]):
         raise T3SError(f"config key 'checkpoint.snapshot_window': expected [first_step, last_step], got {w}")
+    for b in cfg.pipeline.baselines:
+        if b not in MASK_RULES:
+            raise T3SError(f"config key 'pipeline.baselines': '{b}' is not one of {' | '.join(MASK_RULES)}")
+    if cfg.pipeline.mask_rule not in MASK_RULES:
+        raise T3SError(f"config key 'pipeline.mask_rule': '{cfg.pipeline.mask_rule}' is not one of {' | '.join(MASK_RULES)}")
     if cfg.mask.channel and cfg.mask.rule:
         raise T3SError("config keys 'mask.channel' and 'mask.rule': set one, not both")
 

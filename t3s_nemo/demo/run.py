@@ -1,7 +1,8 @@
-"""`t3s demo`: the pipeline on the bundled synthetic arithmetic distillation set and a tiny model, on CPU.
+"""`t3s demo`: the T3S pipeline on the bundled synthetic arithmetic distillation set and a tiny model, on CPU.
 
-Runs the stages that exist in this version, in order, in one run directory; each stage's outputs are
-what the real stage writes for a Qwen3 student.
+The stages are the real ones (`t3s pipeline`), scaled down: a tiny Qwen3-shaped model, a few dozen
+steps, a handful of sampled answers per snapshot. A random-init model has no skill to lose, so the
+demo forces a bottleneck choice even without an accuracy dip and says so.
 """
 
 from __future__ import annotations
@@ -11,35 +12,46 @@ from pathlib import Path
 from t3s_nemo.console import console
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "demo"
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny" / "sft.yaml"
 
 
 def config_path() -> Path:
     """configs/tiny/sft.yaml: inside the package when installed, at the repository top in a checkout."""
-    for candidate in (CONFIG, Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml"):
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[1] / "configs" / "tiny" / "sft.yaml", here.parents[2] / "configs" / "tiny" / "sft.yaml"):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("configs/tiny/sft.yaml is missing from this installation")
 
 
+def demo_overrides(out: Path, steps: int) -> list[str]:
+    return [
+        f"run_dir={out}",
+        f"train.steps={steps}",
+        f"pipeline.sft_steps={steps}",
+        "pipeline.baselines=[reverse,static-confidence,random]",
+        "pipeline.rrt=true",
+        "checkpoint.snapshot_interval=1",
+        "generation.backend=transformers",
+        "generation.n=2",
+        "generation.max_new_tokens=48",
+        "bottleneck.num_prompts=8",
+        f"bottleneck.every={max(1, steps // 4)}",
+    ]
+
+
 def run_demo(out: Path, steps: int, nproc: int, overwrite: bool) -> None:
-    from t3s_nemo.cli import launch_recipe
-    from t3s_nemo.data.pack import PackOptions, pack
+    import shutil
+
+    from t3s_nemo.trajectory.pipeline import run_pipeline
 
     out = Path(out)
-    data = out / "data"
-    if overwrite or not (data / "meta.json").is_file():
-        console.rule("[bold]1. pack the distillation set")
-        summary = pack([ASSETS / "train.jsonl"], ASSETS / "tokenizer", data,
-                       PackOptions(seq_length=1024, overwrite=True))
-        for line in summary.lines():
-            console.print(line)
-    console.rule("[bold]2. SFT trajectory run (snapshot every step)")
-    launch_recipe("t3s_nemo.recipes.train", [
-        "--mode", "sft", str(config_path()), f"run_dir={out / 'sft'}", f"data.path={data}",
-        f"train.steps={steps}", "checkpoint.snapshot_interval=1",
-        "resume=never" if overwrite else "resume=auto",
-    ], nproc)
-    console.rule("[bold]not yet in this version")
-    console.print("bottleneck -> profile -> mask -> masked retraining -> export arrive with the next stages; "
-                  f"the trajectory is in {out / 'sft' / 'trajectory.jsonl'} and {out / 'sft' / 'snapshots'}")
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    summary = run_pipeline(config_path(), demo_overrides(out, steps), nproc, force=True)
+    console.rule("[bold]demo results")
+    for name, path in summary["runs"].items():
+        console.print(f"{name:>18}: {path}")
+    console.print(f"theta_b: step {summary['bottleneck_step']}; accuracy curve: {out / 'sft' / 'accuracy.png'}")
+    anchors = summary["masks"].get("ar", {}).get("top_anchor_tokens", [])[:10]
+    console.print("top imitation anchors: " + ", ".join(repr(a["token"]) for a in anchors))
+    console.print("export any of them: t3s export RUN/checkpoints/iter_N --out HF_DIR")

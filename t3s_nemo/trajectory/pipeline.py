@@ -1,0 +1,117 @@
+"""`t3s pipeline CONFIG`: the whole T3S recipe in one directory, each stage skipped once it is done.
+
+    ROOT/sft/             trajectory run (plain SFT, snapshot per step), bottleneck.json, profile/
+    ROOT/t3s/             masked retraining from theta_0 with pipeline.mask_rule
+    ROOT/<rule>/          baselines (reverse, static-confidence, random), same recipe and steps
+    ROOT/sft/rrt/         RRT checkpoint (pipeline.rrt)
+    ROOT/pipeline.json    what ran, where, and the headline numbers
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from t3s_nemo.checkpoint import weights as W
+from t3s_nemo.config import Config, load_config, save_config
+from t3s_nemo.console import console
+from t3s_nemo.errors import T3SError
+from t3s_nemo.io import atomic_write_json, read_json
+
+MASK_CHANNEL = {"ar": "t3s_mask", "reverse": "mask_reverse", "static-confidence": "mask_static_confidence",
+                "random": "mask_random"}
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    return W.is_complete(run_dir / "checkpoints" / f"iter_{steps}")
+
+
+def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int = 1,
+                 force: Optional[bool] = None) -> dict:
+    from t3s_nemo.cli import launch_recipe
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.trajectory.bottleneck import run_bottleneck
+    from t3s_nemo.trajectory.mask_build import build_mask
+    from t3s_nemo.trajectory.profile import profile_run
+
+    cfg: Config = load_config(config, overrides)
+    if not cfg.run_dir:
+        raise T3SError("config key 'run_dir' is required")
+    if cfg.pipeline.online:
+        raise T3SError("config key 'pipeline.online': online mode is not available yet in this version")
+    root = Path(cfg.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root / "config.yaml")
+    sft_dir = root / "sft"
+    sft_steps = cfg.pipeline.sft_steps or cfg.train.steps
+    base_args = [str(root / "config.yaml")]
+
+    def stage(title: str) -> None:
+        console.rule(f"[bold]{title}")
+
+    stage(f"1. trajectory run: plain SFT for {sft_steps} steps, a snapshot per step -> {sft_dir}")
+    if _finished(sft_dir, sft_steps):
+        console.print("done already")
+    else:
+        launch_recipe("t3s_nemo.recipes.train", ["--mode", "sft", *base_args, f"run_dir={sft_dir}",
+                                                 f"train.steps={sft_steps}", "checkpoint.snapshot_step0=true",
+                                                 f"checkpoint.snapshot_interval={cfg.checkpoint.snapshot_interval or 1}"],
+                      nproc)
+    data = load_config(sft_dir / "config.yaml").data.path  # packed on first use when data.path was empty
+
+    stage("2. bottleneck: sample and verify the training prompts at every snapshot")
+    bottleneck = run_bottleneck(sft_dir, [], force=cfg.bottleneck.force if force is None else force)
+    console.print(f"theta_b = step {bottleneck['bottleneck_step']}")
+
+    stage("3. profile: log p at theta_0 and theta_b -> delta")
+    ds = PackedDataset(data)
+    info = ds.channels.get("delta", {}).get("info", {})
+    if info.get("selector_bottleneck") == bottleneck["bottleneck_dir"]:
+        console.print("done already")
+    else:
+        profile_run(sft_dir, nproc)
+
+    rules = [cfg.pipeline.mask_rule] + [b for b in cfg.pipeline.baselines if b != cfg.pipeline.mask_rule]
+    stage(f"4. masks: {', '.join(rules)}")
+    reports = {rule: build_mask(PackedDataset(data), rule, MASK_CHANNEL[rule], seed=cfg.train.seed) for rule in rules}
+    for rule, r in reports.items():
+        console.print(f"{rule}: {r['masked_fraction']:.1%} of response tokens masked")
+
+    runs = {"sft": str(sft_dir)}
+    for rule in rules:
+        name = "t3s" if rule == cfg.pipeline.mask_rule else rule
+        out = root / name
+        stage(f"5. {'T3S retraining' if name == 't3s' else 'baseline ' + rule} from theta_0 -> {out}")
+        if _finished(out, cfg.train.steps):
+            console.print("done already")
+        else:
+            launch_recipe("t3s_nemo.recipes.train", [
+                "--mode", "train", *base_args, f"run_dir={out}", f"data.path={data}",
+                f"model.init={sft_dir / 'snapshots' / 'step_0'}", f"mask.channel={MASK_CHANNEL[rule]}",
+                "checkpoint.snapshot_step0=false",
+                f"checkpoint.snapshot_interval={cfg.checkpoint.snapshot_interval}",
+            ], nproc)
+        runs[name] = str(out)
+
+    if cfg.pipeline.rrt:
+        from t3s_nemo.checkpoint.manager import step_dirs
+        from t3s_nemo.trajectory.profile import selectors
+        from t3s_nemo.trajectory.rrt import rrt
+
+        stage("6. RRT: theta_0 + (theta_f - theta_b)")
+        if W.is_complete(sft_dir / "rrt"):
+            console.print("done already")
+        else:
+            base, b = selectors(sft_dir, load_config(sft_dir / "config.yaml"))
+            rrt(base, b, step_dirs(sft_dir / "snapshots")[-1][1], sft_dir / "rrt", overwrite=True)
+        runs["rrt"] = str(sft_dir / "rrt")
+
+    summary = {"config": str(root / "config.yaml"), "data": data, "runs": runs,
+               "bottleneck_step": bottleneck["bottleneck_step"], "masks": reports}
+    atomic_write_json(root / "pipeline.json", summary)
+    console.print(f"pipeline done: {root / 'pipeline.json'}")
+    return summary
+
+
+def load_summary(root: Path) -> dict:
+    return read_json(Path(root) / "pipeline.json", "pipeline summary")
