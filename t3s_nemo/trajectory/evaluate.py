@@ -113,9 +113,9 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
             todo = [it for it in items if it["id"] not in done]
             if todo:
                 console.print(f"{name}: {len(todo)} of {len(items)} problems to sample ({gen.n} each)")
-                prompts = [tok.apply_chat_template([{"role": "user", "content": it["problem"]}], tokenize=True,
-                                                   add_generation_prompt=True) for it in todo]
-                prompts = [p["input_ids"] if isinstance(p, dict) else p for p in prompts]
+                texts = [tok.apply_chat_template([{"role": "user", "content": it["problem"]}], tokenize=False,
+                                                 add_generation_prompt=True) for it in todo]
+                prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
                 bar = progress()
                 with bar:
                     task = bar.add_task(name, total=len(todo))
