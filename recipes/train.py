@@ -65,6 +65,29 @@ def ensure_packed(cfg: Config, is_main: bool) -> str:
     return str(out)
 
 
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: the Slurm scripts requeue the job on this code
+
+
+class Preemption:
+    """SIGUSR1/SIGTERM (Slurm's --signal, scancel, preemption) ask for a checkpoint and a clean exit."""
+
+    def __init__(self):
+        import signal
+
+        self.requested = False
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """True on every rank once any rank was signalled (ranks may see the signal at different steps)."""
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 def main(argv: list[str] | None = None) -> None:
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import finalize_model_grads
@@ -127,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{bundle.dtype}; steps {start}->{cfg.train.steps}; run {run_dir}"
         )
     ckpt.at_start(model, start)
+    preemption = Preemption()
     bar = progress()  # drawn on interactive terminals, by rank 0 only
     if env.is_main:
         bar.start()
@@ -181,6 +205,16 @@ def main(argv: list[str] | None = None) -> None:
             bar.update(task, advance=1, description=f"{mode} loss {rec['loss']:.4f}")
             if (step + 1) % cfg.train.log_interval == 0 or step + 1 == cfg.train.steps:
                 print_line(rec, cfg.train.steps)
+        if step + 1 < cfg.train.steps and preemption.agreed():
+            bar.stop()
+            ckpt.save_full(model, optimizer, scheduler, step + 1)
+            ckpt.close()
+            if env.is_main:
+                log.close()
+                console.print(f"preempted: full checkpoint at step {step + 1} in {run_dir / 'checkpoints'}; "
+                              f"exiting with {PREEMPTED_EXIT} (resume=auto continues from it)")
+            shutdown()
+            sys.exit(PREEMPTED_EXIT)
 
     # ---- the end ------------------------------------------------------------------------------------
     bar.stop()

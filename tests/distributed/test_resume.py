@@ -59,3 +59,25 @@ def test_interrupted_save_is_ignored_and_reported(tiny_data, tmp_path):
     assert "resumed from" in p.stderr and "iter_2" in p.stderr
     records = [json.loads(x) for x in (run_dir / "trajectory.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
+
+
+def test_sigusr1_saves_a_checkpoint_and_exits_75_then_resumes(tiny_data, tmp_path):
+    args = ("train.steps=40", "train.global_batch_size=2", "checkpoint.save_interval=0")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "t3s_nemo.recipes.train", str(TINY), f"run_dir={run_dir}", f"data.path={tiny_data}",
+           "train.tensorboard=false", "checkpoint.async_save=false", *args]
+    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = run_dir / "trajectory.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-2000:]
+    assert "preempted: full checkpoint at step" in err
+    saved = [p.name for p in (run_dir / "checkpoints").iterdir()]
+    assert len(saved) == 1 and (run_dir / "checkpoints" / saved[0] / "t3s.json").is_file()
+    step = int(saved[0].split("_")[1])
+    assert 3 <= step < 40
+    resumed = train(run_dir, tiny_data, *args)
+    assert [r["step"] for r in resumed] == list(range(1, 41))
