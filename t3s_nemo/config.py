@@ -123,12 +123,12 @@ class MaskConfig:
 class GenerationConfig:
     """Sampling for the bottleneck search and evaluation."""
 
-    backend: str = "auto"  # auto (vllm on GPU if installed, else megatron) | megatron | vllm
+    backend: str = "auto"  # auto (vllm on GPU if installed, else transformers) | transformers | vllm
     n: int = 4  # samples per prompt
     temperature: float = 0.6
     top_p: float = 0.95
     max_new_tokens: int = 1024
-    batch_size: int = 64  # prompts per generation batch (megatron backend)
+    batch_size: int = 64  # prompts per generation batch (transformers backend)
     seed: int = 0
     tp: int = 1  # vLLM tensor parallel size
 
@@ -194,7 +194,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_decay": ("cosine", "linear", "constant"),
     "train.precision": ("auto", "bf16", "fp32"),
     "mask.rule": ("", "ar", "reverse", "dllm"),
-    "generation.backend": ("auto", "megatron", "vllm"),
+    "generation.backend": ("auto", "transformers", "vllm"),
     "bottleneck.rule": ("argmin", "moving_average", "first_recovery"),
 }
 

@@ -137,6 +137,14 @@ def hf_config(shape: Shape, vocab_size: int, dtype: str, tok) -> dict:
     }
 
 
+def _host_only() -> None:
+    """Convert on the host: a whole model in fp32 does not fit one GPU at 8B+ (and needs no GPU)."""
+    import os
+
+    if not torch.cuda.is_initialized():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = None, dtype: str = "auto",
            overwrite: bool = False) -> Path:
     """t3s checkpoint (any layout) -> HF directory: model.safetensors, config.json, generation_config.json, tokenizer."""
@@ -149,6 +157,7 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
     out = Path(out)
     if out.exists() and not overwrite:
         raise T3SError(f"{out}: output directory exists (pass --overwrite to replace it)")
+    _host_only()
     state, marker, shape = load_full_state_dict(ckpt)
     if marker.get("objective", "ar") != "ar":
         raise T3SError(f"{ckpt}: a {marker['objective']} checkpoint is not a Qwen3ForCausalLM")
@@ -217,6 +226,7 @@ def import_(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> Pat
     hf_dir, out = Path(hf_dir), Path(out)
     if out.exists() and not overwrite:
         raise T3SError(f"{out}: output directory exists (pass --overwrite to replace it)")
+    _host_only()
     cfg_json = read_json(hf_dir / "config.json", "Hugging Face config.json")
     shape = shape_from_hf_config(cfg_json, hf_dir)
     tok = load_tokenizer(hf_dir)

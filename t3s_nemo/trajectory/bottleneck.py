@@ -185,8 +185,9 @@ def export_snapshot(snapshot: Path, out: Path, tokenizer_dir: Path) -> None:
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         lines = [ln for ln in (p.stderr + "\n" + p.stdout).splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "error" in ln.lower()]
-        raise T3SError(f"{snapshot}: export for generation failed: {(errors or lines or ['no output'])[-1].strip()}")
+        errors = [ln.strip() for ln in lines if "error" in ln.lower()]
+        last = (errors or lines or ["no output"])[-1].strip()
+        raise T3SError(f"{snapshot}: export for generation failed: {last.removeprefix('error:').strip()}")
 
 
 def evaluate_snapshot(snapshot: Path, step: int, prompts: list[list[int]], answers: list[str], gen: dict,
@@ -269,10 +270,15 @@ def write_plot(path: Path, steps: Sequence[int], accuracy: Sequence[float], loss
         handles, labels = handles + h2, labels + l2
     if bottleneck_step is not None:
         line = ax.axvline(bottleneck_step, color="C3", linestyle=":", linewidth=1.5)
-        ax.annotate(f"θ_b = step {bottleneck_step}", xy=(bottleneck_step, 1.0), xytext=(4, -4),
-                    textcoords="offset points", color="C3", va="top")
-        handles, labels = handles + [line], labels + ["Imitation Bottleneck θ_b"]
-    ax.legend(handles, labels, loc="lower right", fontsize="small")
+        ax.annotate(rf"$\theta_b$ = step {bottleneck_step}", xy=(bottleneck_step, 1.0), xytext=(4, -4),
+                    textcoords="offset points", color="C3", va="top",
+                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+        handles, labels = handles + [line], labels + [r"Imitation Bottleneck $\theta_b$"]
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(handles), fontsize="small",
+              frameon=False)
     ax.set_title(title or "Train accuracy along the trajectory")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -335,9 +341,6 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
     cfg = load_run_config(run_dir, cfg_overrides)
     b, g = cfg.bottleneck, cfg.generation
     force = b.force if force is None else force
-    if g.backend == "megatron":
-        raise T3SError("generation.backend=megatron: the in-framework sampler is not available yet; "
-                       "use generation.backend=auto (vLLM on GPU, else transformers) or vllm")
     backend = resolve_backend(g.backend)
 
     snapshots = step_dirs(run_dir / "snapshots")

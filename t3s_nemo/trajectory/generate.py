@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -176,7 +177,13 @@ def _generate_vllm(hf_dir: Path, prompts: list[list[int]], n: int, temperature: 
 
     if not torch.cuda.is_available():
         raise T3SError("generation.backend=vllm needs a CUDA GPU; use generation.backend=auto on CPU machines")
+    # a context sized to the job, not the model's maximum, leaves more GPU memory for the KV cache
     max_len = max(len(p) for p in prompts) + max_new_tokens
+    try:
+        limit = int(json.loads((hf_dir / "config.json").read_text())["max_position_embeddings"])
+        max_len = min(max_len, limit)
+    except (OSError, KeyError, ValueError, TypeError):
+        pass
     llm = vllm.LLM(model=str(hf_dir), tensor_parallel_size=tp, seed=seed, max_model_len=max_len)
     try:
         # a per-request seed: vLLM gives the n parallel samples of a request seeds seed, seed+1, ...
