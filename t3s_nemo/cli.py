@@ -107,6 +107,39 @@ def data_add_channel(
     console.print(f"added channel '{name}' ({dtype}) for {ds.num_examples} examples to {path}")
 
 
+@data_app.command("mix")
+def data_mix(
+    input: Annotated[list[str], typer.Option("--input", "-i", help="TEACHER=DIR: a packed dataset of one teacher's traces with its own T3S mask; repeat per teacher.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (created; must not exist unless --overwrite).")],
+    ratio: Annotated[Optional[list[str]], typer.Option("--ratio", help="TEACHER=SHARE of the output (normalised; one per input, 0 leaves one out). Not with --per-prompt.")] = None,
+    per_prompt: Annotated[Optional[str], typer.Option("--per-prompt", help="random (one trace per prompt, teacher picked at random) | all (every trace; the default).")] = None,
+    mask_channel: Annotated[str, typer.Option("--mask-channel", help="The uint8 mask channel every input must have ('' for none).")] = "t3s_mask",
+    channel: Annotated[Optional[list[str]], typer.Option("--channel", help="Another channel to carry (every input must have it); repeat for several.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
+    seq_length: Annotated[Optional[int], typer.Option("--seq-length", help="Bin size of the mix (default: the inputs' seq_length, which must agree).")] = None,
+    num_examples: Annotated[Optional[int], typer.Option("--num-examples", help="Examples in the mix (default: all the selection allows).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+):
+    """Mix several teachers' packed datasets, each with its own T3S mask, into one packed dataset.
+
+    Run T3S per teacher first (its own trajectory, bottleneck and mask), then e.g.
+    `t3s data mix --input r1=data/r1 --input qwq=data/qwq --output data/mix --per-prompt random`.
+    Every example keeps its tokens, loss_mask and mask bit for bit; ids become TEACHER/ID and meta.json
+    gains examples.teacher, examples.source_id and a `mix` record. All inputs must share one tokenizer.
+    See docs/multi_teacher.md.
+    """
+    from t3s_nemo.data.mix import mix, parse_inputs, parse_ratios
+
+    s = mix(parse_inputs(input), output, ratios=parse_ratios(ratio) if ratio else None, per_prompt=per_prompt,
+            mask_channel=mask_channel or None, seed=seed, seq_length=seq_length, overwrite=overwrite,
+            channels=channel or [], num_examples=num_examples)
+    counts = ", ".join(f"{t} {n}" for t, n in s["counts"].items())
+    shared = f"; {s['prompts']} prompts, {s['shared_prompts']} in several inputs" if "prompts" in s else ""
+    console.print(f"mixed {s['num_examples']} examples ({counts}) into {s['num_bins']} bins of {s['seq_length']}, "
+                  f"bin fill {s['fill']:.1%}{shared}")
+    console.print(f"wrote {s['output']}")
+
+
 # ---- training -------------------------------------------------------------------------------------
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config (e.g. configs/tiny/sft.yaml).", show_default=False)]
 OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. train.lr=1e-5 parallel.tp=2.", show_default=False)]

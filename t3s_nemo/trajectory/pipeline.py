@@ -65,7 +65,7 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
 
     stage("3. profile: log p at theta_0 and theta_b -> delta")
     ds = PackedDataset(data)
-    info = ds.channels.get("delta", {}).get("info", {})
+    info = ds.channels.get("delta", {})
     if info.get("selector_bottleneck") == bottleneck["bottleneck_dir"]:
         console.print("done already")
     else:

@@ -98,3 +98,25 @@ def test_rrt_is_base_plus_final_minus_bottleneck(trajectory, tmp_path):
     out = {name: torch.load(tmp_path / f"{name}.pt", weights_only=True) for name, _ in pairs}
     for k in out["rrt"]:
         torch.testing.assert_close(out["rrt"][k], out["s0"][k] + out["sf"][k] - out["sb"][k], rtol=0, atol=1e-6)
+
+
+def test_profile_refuses_a_selector_with_another_tokenizer_and_records_the_selector(trajectory, tmp_path):
+    import shutil
+    import subprocess
+
+    from procs import env
+    from t3s_nemo.data.packed import PackedDataset
+
+    run_dir, data = trajectory
+    other = tmp_path / "other_selector"
+    shutil.copytree(run_dir / "snapshots" / "step_0", other)
+    marker = json.loads((other / "t3s.json").read_text())
+    marker["tokenizer_fingerprint"] = "sha256:0000"
+    (other / "t3s.json").write_text(json.dumps(marker))
+    p = subprocess.run([*t3s(), "profile", "--data", str(data), "--checkpoint", str(other), "--out", str(tmp_path / "o")],
+                       env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "selector uses another tokenizer" in p.stderr and "Traceback" not in p.stderr
+    if "delta" not in PackedDataset(data).channels:
+        run([*t3s(), "profile", str(run_dir)])
+    info = PackedDataset(data).channels["delta"]  # add_channel stores the info next to the dtype
+    assert info["selector_base"].endswith("step_0") and info["selector_bottleneck"].endswith("step_2")

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from t3s_nemo.cli import app
 
 STAGES = ["sft", "train", "bottleneck", "profile", "mask", "rrt", "export", "import", "pipeline", "eval",
-          "demo", "plan", "data pack", "data inspect", "data add-channel"]
+          "demo", "plan", "data pack", "data inspect", "data add-channel", "data mix"]
 
 
 @pytest.mark.parametrize("stage", STAGES)

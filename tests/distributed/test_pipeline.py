@@ -1,0 +1,27 @@
+"""`t3s pipeline` end to end on the tiny config, then rerun: every finished stage is skipped."""
+
+import json
+
+from procs import TINY, run, t3s
+
+
+def test_pipeline_runs_every_stage_and_resumes(tiny_data, tmp_path):
+    root = tmp_path / "p"
+    args = [*t3s(), "pipeline", str(TINY), f"run_dir={root}", f"data.path={tiny_data}", "train.steps=2",
+            "pipeline.sft_steps=3", "train.global_batch_size=2", "pipeline.baselines=[random]", "pipeline.rrt=true",
+            "generation.n=1", "generation.max_new_tokens=8", "bottleneck.num_prompts=2", "train.tensorboard=false",
+            "checkpoint.async_save=false", "--force"]
+    first = run(args)
+    s = json.loads((root / "pipeline.json").read_text())
+    assert set(s["runs"]) == {"sft", "t3s", "random", "rrt"}
+    assert 1 <= s["bottleneck_step"] <= 3  # theta_0 is the reference, never theta_b
+    for name in ("t3s", "random"):
+        recs = [json.loads(x) for x in (root / name / "trajectory.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in recs] == [1, 2]
+    assert (root / "sft" / "rrt" / "t3s.json").is_file()
+    assert (root / "sft" / "accuracy.png").is_file()
+    assert s["masks"]["ar"]["masked_fraction"] == s["masks"]["random"]["masked_fraction"]
+
+    second = run(args)
+    assert second.stderr.count("done already") == 5  # sft, profile, t3s, random, rrt
+    assert "step 1/" not in second.stderr  # nothing trained again
