@@ -251,47 +251,63 @@ def profile(
 @app.command("mask")
 def mask(
     run: Annotated[Path, typer.Argument(help="A run directory (or a packed dataset directory) with a delta channel.")],
-    rule: Annotated[str, typer.Option(help="ar (T3S) | reverse (-T3S) | static-confidence | random")] = "ar",
+    rule: Annotated[str, typer.Option(help="ar (T3S) | reverse (-T3S) | static-confidence | static-confidence-low | random | dllm")] = "ar",
     name: Annotated[Optional[str], typer.Option(help="Channel name (default: t3s_mask for ar, mask_<rule> otherwise).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random baseline.")] = 0,
+    tau: Annotated[float, typer.Option(help="dllm: targets are tokens with delta < -tau.")] = 0.2,
 ):
     """Build a T3S mask channel (1 = train on the token) and a report of the anchor tokens.
 
     ar drops imitation anchors (delta > 0); reverse keeps only them; static-confidence and random drop
-    the same fraction by theta_0 confidence or at random. Writes the channel into the dataset and
-    DIR/masks/<channel>.json; train with `t3s train CONFIG mask.channel=<channel>`.
+    the same fraction by theta_0 confidence (highest or lowest first) or at random; dllm marks the
+    yet-to-learn targets (delta < -tau) for the diffusion objective. Writes the channel into the dataset
+    and DIR/masks/<channel>.json, .html (examples with anchors highlighted) and .png; train with
+    `t3s train CONFIG mask.channel=<channel>`.
     """
     from t3s_nemo.config import load_config
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.trajectory.mask_build import build_mask
 
     data = load_config(run / "config.yaml").data.path if (run / "config.yaml").is_file() else run
-    r = build_mask(PackedDataset(data), rule, name, seed)
-    console.print(f"{r['channel']}: rule {rule}, {r['masked_fraction']:.1%} of {r['response_tokens']:,} response "
-                  f"tokens masked; top anchors: " + ", ".join(repr(t["token"]) for t in r["top_anchor_tokens"][:10]))
+    r = build_mask(PackedDataset(data), rule, name, seed, tau=tau)
+    what = (f"{r['target_fraction']:.1%} of {r['response_tokens']:,} response tokens are targets (always noised)"
+            if rule == "dllm" else f"{r['masked_fraction']:.1%} of {r['response_tokens']:,} response tokens masked")
+    console.print(f"{r['channel']}: rule {rule}, {what}; top anchors: "
+                  + ", ".join(repr(t["token"]) for t in r["top_anchor_tokens"][:10]))
+    console.print(f"report: {Path(data) / 'masks' / (r['channel'] + '.html')}")
 
 
 @app.command("rrt")
 def rrt(
-    run: Annotated[Path, typer.Argument(help="A trajectory run directory with bottleneck.json.")],
+    run: Annotated[Optional[Path], typer.Argument(help="A trajectory run with bottleneck.json (sets the three checkpoints).")] = None,
+    base: Annotated[Optional[Path], typer.Option(help="theta_0 checkpoint (default RUN/snapshots/step_0).")] = None,
+    bottleneck: Annotated[Optional[Path], typer.Option(help="theta_b checkpoint (default: RUN's bottleneck).")] = None,
+    final: Annotated[Optional[Path], typer.Option(help="theta_f checkpoint (default: RUN's last snapshot).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output checkpoint (default RUN/rrt).")] = None,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel size to compute at.")] = 1,
+    pp: Annotated[int, typer.Option(help="Pipeline-parallel size to compute at.")] = 1,
+    nproc_per_node: NprocOpt = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ):
     """Recovering Residual Transfer: theta_0 + (theta_f - theta_b), the parameter-space baseline.
 
-    theta_0 = RUN/snapshots/step_0, theta_b = the bottleneck snapshot, theta_f = the last snapshot.
-    Writes a t3s weights checkpoint (export it with `t3s export`).
+    Computed shard by shard: each of the --nproc-per-node ranks (at --tp/--pp) loads only its shard of
+    the three checkpoints, whatever layout they were saved at. Writes a t3s weights checkpoint.
     """
-    from t3s_nemo.checkpoint.manager import step_dirs
-    from t3s_nemo.config import load_config
-    from t3s_nemo.trajectory.profile import selectors
-    from t3s_nemo.trajectory.rrt import rrt as do_rrt
+    if run is not None:
+        from t3s_nemo.checkpoint.manager import step_dirs
+        from t3s_nemo.config import load_config
+        from t3s_nemo.trajectory.profile import selectors
 
-    cfg = load_config(run / "config.yaml")
-    base, bottleneck = selectors(run, cfg)
-    final = step_dirs(run / "snapshots")[-1][1]
-    console.print(f"wrote {do_rrt(base, bottleneck, final, out or run / 'rrt', overwrite)} "
-                  f"(theta_0 {base.name} + theta_f {final.name} - theta_b {bottleneck.name})")
+        b0, bb = selectors(run, load_config(run / "config.yaml"))
+        base, bottleneck = base or b0, bottleneck or bb
+        final = final or step_dirs(run / "snapshots")[-1][1]
+        out = out or run / "rrt"
+    if not (base and bottleneck and final and out):
+        raise T3SError("rrt: give a run directory, or --base, --bottleneck, --final and --out")
+    args = ["--base", str(base), "--bottleneck", str(bottleneck), "--final", str(final), "--out", str(out),
+            f"parallel.tp={tp}", f"parallel.pp={pp}"] + (["--overwrite"] if overwrite else [])
+    launch_recipe("t3s_nemo.recipes.rrt", args, nproc_per_node)
 
 
 @app.command("export")

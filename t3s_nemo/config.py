@@ -198,7 +198,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "bottleneck.rule": ("argmin", "moving_average", "first_recovery"),
 }
 
-MASK_RULES = ("ar", "reverse", "static-confidence", "random")
+MASK_RULES = ("ar", "reverse", "static-confidence", "static-confidence-low", "random")
 
 POSITIVE: tuple[str, ...] = (
     "parallel.tp", "parallel.pp", "parallel.cp", "train.steps", "train.micro_batch_size",

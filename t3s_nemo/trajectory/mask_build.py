@@ -5,7 +5,10 @@ Rules on delta = log p(theta_b) - log p(theta_0) per response token:
     reverse            -T3S diagnostic: train on the anchors only
     static-confidence  baseline: drop the same fraction of tokens as `ar`, chosen by theta_0 log p
                        (most confident first) -- a mask that ignores the trajectory
+    static-confidence-low  the same, least confident first
     random             baseline: drop the same fraction uniformly at random (seeded)
+    dllm               diffusion-LLM targets: 1 on yet-to-learn tokens (delta < -tau), which the dLLM
+                       objective always noises (a target set, not a loss mask)
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import numpy as np
 from t3s_nemo.data.packed import PackedDataset
 from t3s_nemo.errors import T3SError
 from t3s_nemo.io import atomic_write_json
-from t3s_nemo.trajectory.masks import anchor_mask, reverse_mask
+from t3s_nemo.trajectory.masks import anchor_mask, dllm_targets, reverse_mask
 
-RULES = ("ar", "reverse", "static-confidence", "random")
+RULES = ("ar", "reverse", "static-confidence", "static-confidence-low", "random", "dllm")
 
 
 def _response(ds: PackedDataset, name: str) -> list[np.ndarray]:
@@ -45,7 +48,7 @@ def _same_fraction(scores: list[np.ndarray], fraction: float) -> list[np.ndarray
 
 
 def build_mask(ds: PackedDataset, rule: str, name: Optional[str] = None, seed: int = 0, overwrite: bool = True,
-               top_k: int = 30) -> dict:
+               top_k: int = 30, tau: float = 0.2) -> dict:
     """Write the mask channel for `rule` and return its report (also saved as DIR/masks/<name>.json)."""
     if rule not in RULES:
         raise T3SError(f"unknown mask rule '{rule}' (one of {', '.join(RULES)})")
@@ -59,13 +62,24 @@ def build_mask(ds: PackedDataset, rule: str, name: Optional[str] = None, seed: i
         keep = [reverse_mask(d) for d in delta]
     elif rule == "static-confidence":
         keep = _same_fraction(_response(ds, "logp0"), anchor_fraction)
+    elif rule == "static-confidence-low":
+        keep = _same_fraction([-x for x in _response(ds, "logp0")], anchor_fraction)
+    elif rule == "dllm":
+        keep = [dllm_targets(d, tau) for d in delta]
     else:
         rng = np.random.default_rng(seed)
         keep = _same_fraction([rng.random(len(d)) for d in delta], anchor_fraction)
     ds.add_channel(name, {ds.ids[i]: keep[i] for i in range(ds.num_examples)}, dtype="uint8", span="response",
-                   fill=0, overwrite=overwrite, info={"rule": rule, "seed": seed})
+                   fill=0, overwrite=overwrite, info={"rule": rule, "seed": seed, "tau": tau})
     report = _report(ds, rule, name, delta, keep, anchor_fraction, top_k)
-    atomic_write_json(Path(ds.path) / "masks" / f"{name}.json", report)
+    if rule == "dllm":
+        report["target_fraction"] = report.pop("trained_tokens") / max(1, report["response_tokens"])
+        report.pop("masked_fraction")
+    masks_dir = Path(ds.path) / "masks"
+    atomic_write_json(masks_dir / f"{name}.json", report)
+    from t3s_nemo.analysis.report import write_mask_report
+
+    write_mask_report(ds, delta, keep, report, masks_dir / f"{name}.html", masks_dir / f"{name}.png", tau)
     return report
 
 
@@ -85,8 +99,17 @@ def _report(ds, rule, name, delta, keep, anchor_fraction, top_k) -> dict:
     def top(c: Counter):
         return [{"token": tok.decode([t]), "id": int(t), "count": n} for t, n in c.most_common(top_k)]
 
+    # masked fraction by position in the response, in tenths (anchors cluster where the style lives)
+    by_pos = np.zeros(10)
+    counts = np.zeros(10)
+    for k in keep:
+        if len(k):
+            bins = np.minimum((np.arange(len(k)) * 10) // len(k), 9)
+            np.add.at(by_pos, bins, 1 - k)
+            np.add.at(counts, bins, 1)
     return {
         "rule": rule,
+        "masked_fraction_by_position": [float(x) for x in by_pos / np.maximum(counts, 1)],
         "channel": name,
         "response_tokens": total,
         "trained_tokens": trained,

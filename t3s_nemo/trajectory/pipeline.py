@@ -19,7 +19,7 @@ from t3s_nemo.errors import T3SError
 from t3s_nemo.io import atomic_write_json, read_json
 
 MASK_CHANNEL = {"ar": "t3s_mask", "reverse": "mask_reverse", "static-confidence": "mask_static_confidence",
-                "random": "mask_random"}
+                "static-confidence-low": "mask_static_confidence_low", "random": "mask_random"}
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -96,14 +96,16 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     if cfg.pipeline.rrt:
         from t3s_nemo.checkpoint.manager import step_dirs
         from t3s_nemo.trajectory.profile import selectors
-        from t3s_nemo.trajectory.rrt import rrt
 
         stage("6. RRT: theta_0 + (theta_f - theta_b)")
         if W.is_complete(sft_dir / "rrt"):
             console.print("done already")
         else:
             base, b = selectors(sft_dir, load_config(sft_dir / "config.yaml"))
-            rrt(base, b, step_dirs(sft_dir / "snapshots")[-1][1], sft_dir / "rrt", overwrite=True)
+            launch_recipe("t3s_nemo.recipes.rrt", [
+                "--base", str(base), "--bottleneck", str(b), "--final", str(step_dirs(sft_dir / "snapshots")[-1][1]),
+                "--out", str(sft_dir / "rrt"), "--overwrite", f"parallel.tp={cfg.parallel.tp}",
+                f"parallel.pp={cfg.parallel.pp}"], nproc)
         runs["rrt"] = str(sft_dir / "rrt")
 
     summary = {"config": str(root / "config.yaml"), "data": data, "runs": runs,

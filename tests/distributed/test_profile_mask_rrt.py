@@ -51,7 +51,7 @@ def test_masks_follow_their_rules(trajectory):
     run_dir, data = trajectory
     if "delta" not in PackedDataset(data).channels:
         run([*t3s(), "profile", str(run_dir)])
-    for rule in ("ar", "reverse", "static-confidence", "random"):
+    for rule in ("ar", "reverse", "static-confidence", "static-confidence-low", "random", "dllm"):
         run([*t3s(), "mask", str(run_dir), "--rule", rule])
     ds = PackedDataset(data)
     resp = lambda name: np.concatenate([ds.read_example(i, name)[ds.response_slice(i)] for i in range(ds.num_examples)])
@@ -62,8 +62,14 @@ def test_masks_follow_their_rules(trajectory):
     assert np.array_equal(rev, 1 - ar)
     masked = int((ar == 0).sum())
     assert int((static == 0).sum()) == masked and int((rnd == 0).sum()) == masked
-    if 0 < masked < len(ar):  # static-confidence drops the most confident tokens at theta_0
+    low = resp("mask_static_confidence_low")
+    assert int((low == 0).sum()) == masked
+    if 0 < masked < len(ar):  # static-confidence drops the most confident tokens at theta_0, -low the least
         assert logp0[static == 0].min() >= logp0[static == 1].max()
+        assert logp0[low == 0].max() <= logp0[low == 1].min()
+    assert np.array_equal(resp("mask_dllm"), (delta < -0.2).astype(np.uint8))
+    assert (data / "masks" / "t3s_mask.html").read_text().count("class=a") > 0
+    assert (data / "masks" / "t3s_mask.png").stat().st_size > 1000
     report = json.loads((data / "masks" / "t3s_mask.json").read_text())
     assert report["masked_fraction"] == pytest.approx(masked / len(ar))
     # prompt tokens are never trained on, whatever the mask
@@ -90,7 +96,8 @@ def test_masked_training_uses_the_channel(trajectory, tmp_path):
 
 def test_rrt_is_base_plus_final_minus_bottleneck(trajectory, tmp_path):
     run_dir, _ = trajectory
-    run([*t3s(), "rrt", str(run_dir), "--out", str(tmp_path / "rrt")])
+    # shard by shard at TP=2: each rank loads only its half of the three single-process checkpoints
+    run([*t3s(), "rrt", str(run_dir), "--out", str(tmp_path / "rrt"), "--tp", "2", "--nproc-per-node", "2"])
     snaps = run_dir / "snapshots"
     pairs = (("rrt", tmp_path / "rrt"), ("s0", snaps / "step_0"), ("sb", snaps / "step_2"), ("sf", snaps / "step_3"))
     run([sys.executable, "-m", "t3s_nemo.checkpoint.consolidate",

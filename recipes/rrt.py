@@ -1,0 +1,82 @@
+"""RRT, theta_0 + (theta_f - theta_b), shard by shard: every rank loads only its shard of the three
+checkpoints (dist_checkpointing reshards from whatever layout they were saved at) and saves its shard.
+
+    torchrun --nproc-per-node N -m t3s_nemo.recipes.rrt --base A --bottleneck B --final F --out OUT [parallel.tp=.. parallel.pp=..]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from t3s_nemo.console import console
+from t3s_nemo.errors import T3SError
+
+
+def main(argv=None) -> None:
+    from t3s_nemo.checkpoint import weights as W
+    from t3s_nemo.checkpoint.consolidate import config_for
+    from t3s_nemo.config import replace
+    from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
+    from t3s_nemo.training.setup import build_model
+
+    p = argparse.ArgumentParser(prog="t3s_nemo.recipes.rrt", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("--base", "--bottleneck", "--final", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    env = init_distributed()
+    out = Path(a.out)
+    if out.exists() and not a.overwrite:
+        raise T3SError(f"{out}: output exists (pass --overwrite to replace it)")
+    markers = [W.read_marker(x) for x in (a.base, a.bottleneck, a.final)]
+    if len({str(m.get("shape")) for m in markers}) != 1 or len({m.get("padded_vocab_size") for m in markers}) != 1:
+        raise T3SError("rrt: theta_0, theta_b and theta_f must be checkpoints of the same model")
+    cfg = config_for(markers[2])
+    cfg.train.precision = "auto"
+    if a.overrides:
+        cfg = replace(cfg, dict(o.split("=", 1) for o in a.overrides))
+    init_model_parallel(cfg.parallel)
+    bundle = build_model(cfg, markers[2]["padded_vocab_size"], 128)
+    shards = []
+    for path in (a.base, a.bottleneck, a.final):
+        W.load_weights(bundle.chunks, path)
+        shards.append([p.detach().float().clone() for c in bundle.chunks for p in c.parameters()])
+    base, bottleneck, final = shards
+    with torch.no_grad():
+        params = [p for c in bundle.chunks for p in c.parameters()]
+        for p_, b0, bb, bf in zip(params, base, bottleneck, final):
+            p_.copy_((b0 + (bf - bb)).to(p_.dtype))
+    marker = dict({k: v for k, v in markers[2].items() if k != "saved_layout"}, kind=W.KIND_WEIGHTS,
+                  rrt={"base": a.base, "bottleneck": a.bottleneck, "final": a.final,
+                       "bottleneck_step": markers[1].get("step"), "final_step": markers[2].get("step")})
+    tmp = out.with_name(f".{out.name}.tmp")
+    W.save_weights(bundle.chunks, tmp, marker)
+    if env.is_main:
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        console.print(f"wrote {out}")
+    dist.barrier()
+    shutdown()
+
+
+def cli_main() -> None:
+    try:
+        main()
+    except T3SError as e:
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli_main()
