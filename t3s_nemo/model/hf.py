@@ -230,7 +230,10 @@ def import_(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> Pat
     cfg_json = read_json(hf_dir / "config.json", "Hugging Face config.json")
     shape = shape_from_hf_config(cfg_json, hf_dir)
     tok = load_tokenizer(hf_dir)
-    state = hf_to_megatron(read_hf_state(hf_dir), shape)
+    try:
+        state = hf_to_megatron(read_hf_state(hf_dir), shape)
+    except RuntimeError as e:  # attention weights that do not fit the heads config.json declares
+        raise T3SError(f"{hf_dir}: weights do not match config.json ({str(e).splitlines()[0]})") from None
     vocab = _pad_vocab(state, multiple=128)
     marker = {"kind": W.KIND_WEIGHTS, "step": 0, "preset": "imported",
               "shape": {k: getattr(shape, k) for k in shape.__dataclass_fields__},
@@ -245,6 +248,10 @@ def import_(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> Pat
     missing = [k for k in model.state_dict() if not k.endswith("_extra_state") and k not in state]
     if missing:
         raise T3SError(f"{hf_dir}: conversion left parameters unset: {', '.join(missing[:5])}")
+    for name, p in model.named_parameters():
+        if tuple(state[name].shape) != tuple(p.shape):
+            raise T3SError(f"{hf_dir}: tensor for {name} has shape {tuple(state[name].shape)}, config.json implies "
+                           f"{tuple(p.shape)}")
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(state[name].to(p.dtype))

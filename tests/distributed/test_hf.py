@@ -65,3 +65,33 @@ def test_sft_starts_from_a_hugging_face_directory(tiny_data, tmp_path):
     # a random-init model with this vocabulary starts near log(512) = 6.24; the HF weights give another loss
     fresh = train(tmp_path / "fresh", tiny_data, "train.steps=1", "train.global_batch_size=2")
     assert records[0]["loss"] != fresh[0]["loss"]
+
+
+def test_import_refuses_bad_inputs(tmp_path):
+    import subprocess
+
+    from procs import env
+
+    def imp(src):
+        return subprocess.run([sys.executable, "-m", "t3s_nemo.model.hf", "import", str(src), str(tmp_path / "out")],
+                              env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    hf = tmp_path / "hf"
+    tiny_hf_model(hf, tie=True)
+    cfg = json.loads((hf / "config.json").read_text())
+    bad = tmp_path / "llama"
+    shutil.copytree(hf, bad)
+    (bad / "config.json").write_text(json.dumps(dict(cfg, model_type="llama")))
+    p = imp(bad)
+    assert p.returncode == 1 and "model_type 'llama' is not supported" in p.stderr
+    noweights = tmp_path / "noweights"
+    shutil.copytree(hf, noweights)
+    (noweights / "model.safetensors").unlink()
+    p = imp(noweights)
+    assert p.returncode == 1 and "no *.safetensors weights" in p.stderr
+    wrong = tmp_path / "wrongshape"
+    shutil.copytree(hf, wrong)
+    (wrong / "config.json").write_text(json.dumps(dict(cfg, intermediate_size=128)))
+    p = imp(wrong)
+    assert p.returncode == 1 and "error:" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "out").exists()

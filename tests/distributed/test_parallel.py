@@ -40,6 +40,18 @@ def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
     for k in mine:
         assert not torch.equal(theirs[k], start[k]) or "norm" in k  # the step really moved the weights
         torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=1e-5, msg=k)
+    if layout:  # export straight from the TP=2 / PP=2 snapshot: transformers loads it, same logits
+        run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(tmp_path / "run" / "snapshots" / "step_3"),
+             str(tmp_path / "hf")])
+        from transformers import AutoModelForCausalLM
+
+        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+        ids = torch.arange(1, 40).unsqueeze(0)
+        ref_hf = tmp_path / "ref_hf"
+        run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(ref_dir / "snapshots" / "step_3"), str(ref_hf)])
+        ref_model = AutoModelForCausalLM.from_pretrained(ref_hf, dtype=torch.float32)
+        with torch.no_grad():
+            torch.testing.assert_close(hf(ids).logits, ref_model(ids).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_context_parallel_needs_transformer_engine_on_cpu(tiny_data, tmp_path):
