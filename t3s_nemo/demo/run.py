@@ -48,10 +48,21 @@ def run_demo(out: Path, steps: int, nproc: int, overwrite: bool) -> None:
     if overwrite and out.exists():
         shutil.rmtree(out)
     summary = run_pipeline(config_path(), demo_overrides(out, steps), nproc, force=True)
+    hf = out / "t3s-hf"
+    if not (hf / "config.json").is_file():
+        from t3s_nemo.trajectory.bottleneck import export_snapshot
+
+        console.rule("[bold]7. export the T3S-trained student to Hugging Face")
+        export_snapshot(out / "t3s" / "checkpoints" / f"iter_{steps}", hf, Path(summary["data"]) / "tokenizer")
     console.rule("[bold]demo results")
     for name, path in summary["runs"].items():
         console.print(f"{name:>18}: {path}")
-    console.print(f"theta_b: step {summary['bottleneck_step']}; accuracy curve: {out / 'sft' / 'accuracy.png'}")
+    masks = Path(summary["data"]) / "masks"
+    console.print(f"theta_b: step {summary['bottleneck_step']} ({out / 'sft' / 'bottleneck.json'})")
+    console.print(f"accuracy curve: {out / 'sft' / 'accuracy.png'}")
+    console.print(f"anchor report: {masks / 't3s_mask.html'} (+ .png, .json; one per mask in {masks})")
     anchors = summary["masks"].get("ar", {}).get("top_anchor_tokens", [])[:10]
     console.print("top imitation anchors: " + ", ".join(repr(a["token"]) for a in anchors))
-    console.print("export any of them: t3s export RUN/checkpoints/iter_N --out HF_DIR")
+    console.print(f"T3S student as a Hugging Face model: {hf} (AutoModelForCausalLM.from_pretrained)")
+    console.print("The tiny model starts from random weights, so it has no accuracy to lose: the stages run "
+                  "as they would on a real student, but the numbers show no Imitation Shock.")
