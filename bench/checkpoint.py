@@ -1,6 +1,8 @@
-"""Async vs sync snapshot stall: what a weights snapshot every step costs the training loop.
+"""Checkpoint speed: save and load time and GB/s of a weights snapshot, and the async vs sync stall.
 
-    python bench/checkpoint_stall.py [--steps 12] [--hidden 256] [--layers 4] [--out bench/results/checkpoint_stall.json]
+    python bench/checkpoint.py [--steps 12] [--hidden 256] [--layers 4] [--out bench/results/checkpoint.json]
+
+Save/load: dist_checkpointing save and load of the model in one process, repeated, median.
 
 Runs the real train recipe three times on the bundled demo data (no snapshots, sync snapshots,
 async snapshots every step) and compares the median per-step wall time from trajectory.jsonl (which
@@ -38,12 +40,40 @@ def run(run_dir: Path, steps: int, hidden: int, layers: int, snapshots: bool, as
     return [r["seconds"] for r in recs[2:]]  # the first steps carry one-off start-up costs
 
 
+def save_load(hidden: int, layers: int, repeats: int = 3) -> dict:
+    """Median sync save and load seconds of this model's weights, in a child process (world size 1)."""
+    code = f"""
+import json, statistics, tempfile, time
+from pathlib import Path
+from t3s_nemo.config import Config
+from t3s_nemo.checkpoint import weights as W
+from t3s_nemo.training.distributed import init_distributed, init_model_parallel
+from t3s_nemo.training.setup import build_model
+init_distributed(); cfg = Config(); cfg.model.hidden_size = {hidden}; cfg.model.ffn_hidden_size = {3 * hidden}
+cfg.model.num_layers = {layers}; init_model_parallel(cfg.parallel)
+b = build_model(cfg, 512, 1024)
+nbytes = sum(p.numel() * p.element_size() for c in b.chunks for p in c.parameters())
+save, load = [], []
+for i in range({repeats}):
+    d = Path(tempfile.mkdtemp()) / "ckpt"
+    t = time.perf_counter(); W.save_weights(b.chunks, d, {{"step": i}}); save.append(time.perf_counter() - t)
+    t = time.perf_counter(); W.load_weights(b.chunks, d); load.append(time.perf_counter() - t)
+print("RESULT " + json.dumps({{"bytes": nbytes, "save_s": statistics.median(save), "load_s": statistics.median(load)}}))
+"""
+    p = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=REPO,
+                       env=dict(os.environ, T3S_NO_PROGRESS="1"))
+    r = json.loads(p.stdout.split("RESULT ", 1)[1])
+    r["save_GB_per_s"] = r["bytes"] / r["save_s"] / 1e9
+    r["load_GB_per_s"] = r["bytes"] / r["load_s"] / 1e9
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "checkpoint_stall.json"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "checkpoint.json"))
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     data = tmp / "none"
@@ -54,7 +84,8 @@ def main() -> None:
     }
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
-        "benchmark": "checkpoint_stall",
+        "benchmark": "checkpoint",
+        "save_load": save_load(a.hidden, a.layers),
         "model": {"hidden": a.hidden, "layers": a.layers, "params_note": "tiny preset with overrides"},
         "median_step_s": med,
         "sync_stall": med["sync"] / med["none"] - 1,
@@ -67,7 +98,7 @@ def main() -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("median_step_s", "sync_stall", "async_stall")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("save_load", "median_step_s", "sync_stall", "async_stall")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,64 +1,62 @@
 """TP=2, PP=2 and DP=2 (torchrun, 2 gloo processes) against one process on identical data."""
 
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from procs import run, train
+from procs import TINY, env, run, train
 
 STEPS = ("train.steps=3", "train.global_batch_size=4", "train.micro_batch_size=1", "train.warmup_steps=0",
          "train.lr=3e-3", "checkpoint.snapshot_interval=3")
 
 
+def consolidate(*pairs):
+    """Full state dicts of t3s checkpoints (any layout), gathered in one process."""
+    run([sys.executable, "-m", "t3s_nemo.checkpoint.consolidate", *[str(x) for pair in pairs for x in pair]])
+    return [torch.load(out, weights_only=True) for _, out in pairs]
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    root = tmp_path_factory.mktemp("ref")
+    run_dir = root / "run"
     records = train(run_dir, tiny_data, *STEPS, "checkpoint.snapshot_step0=true")
-    return run_dir, records
-
-
-def consolidated(ckpt, out):
-    run([sys.executable, "-m", "t3s_nemo.checkpoint.consolidate", str(ckpt), str(out)])
-    return torch.load(out, weights_only=True)
+    start, final = consolidate((run_dir / "snapshots" / "step_0", root / "start.pt"),
+                               (run_dir / "snapshots" / "step_3", root / "final.pt"))
+    run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(run_dir / "snapshots" / "step_3"), str(root / "hf")])
+    return {"dir": run_dir, "records": records, "start": start, "final": final, "hf": root / "hf"}
 
 
 @pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], []], ids=["tp2", "pp2", "dp2"])
 def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
-    ref_dir, ref = reference
     records = train(tmp_path / "run", tiny_data, *STEPS, "checkpoint.snapshot_step0=false",
-                    f"model.init={ref_dir / 'snapshots' / 'step_0'}", *layout, nproc=2)
+                    f"model.init={reference['dir'] / 'snapshots' / 'step_0'}", *layout, nproc=2)
     assert [r["step"] for r in records] == [1, 2, 3]
-    for a, b in zip(records, ref):
+    for a, b in zip(records, reference["records"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         assert a["trained_tokens"] == b["trained_tokens"]
-    mine = consolidated(tmp_path / "run" / "snapshots" / "step_3", tmp_path / "mine.pt")
-    theirs = consolidated(ref_dir / "snapshots" / "step_3", tmp_path / "ref.pt")
-    start = consolidated(ref_dir / "snapshots" / "step_0", tmp_path / "start.pt")
+    snapshot = tmp_path / "run" / "snapshots" / "step_3"
+    (mine,) = consolidate((snapshot, tmp_path / "mine.pt"))
+    theirs, start = reference["final"], reference["start"]
     assert mine.keys() == theirs.keys()
     for k in mine:
-        assert not torch.equal(theirs[k], start[k]) or "norm" in k  # the step really moved the weights
+        assert not torch.equal(theirs[k], start[k]) or "norm" in k  # the steps really moved the weights
         torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=1e-5, msg=k)
     if layout:  # export straight from the TP=2 / PP=2 snapshot: transformers loads it, same logits
-        run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(tmp_path / "run" / "snapshots" / "step_3"),
-             str(tmp_path / "hf")])
         from transformers import AutoModelForCausalLM
 
-        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+        run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(snapshot), str(tmp_path / "hf")])
         ids = torch.arange(1, 40).unsqueeze(0)
-        ref_hf = tmp_path / "ref_hf"
-        run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(ref_dir / "snapshots" / "step_3"), str(ref_hf)])
-        ref_model = AutoModelForCausalLM.from_pretrained(ref_hf, dtype=torch.float32)
         with torch.no_grad():
-            torch.testing.assert_close(hf(ids).logits, ref_model(ids).logits, rtol=1e-4, atol=1e-4)
+            got = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)(ids).logits
+            want = AutoModelForCausalLM.from_pretrained(reference["hf"], dtype=torch.float32)(ids).logits
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_context_parallel_needs_transformer_engine_on_cpu(tiny_data, tmp_path):
-    import subprocess
-
-    from procs import TINY, env
-
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                         "-m", "t3s_nemo.recipes.train", str(TINY), f"run_dir={tmp_path / 'run'}",
                         f"data.path={tiny_data}", "parallel.cp=2"], capture_output=True, text=True, env=env(),
