@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from t3s_nemo.console import console, progress
+from t3s_nemo.console import console, exit_on_user_error, progress
 from t3s_nemo.errors import T3SError
 
 
@@ -159,13 +159,7 @@ def _save_npz(path: Path, arrays: dict) -> None:
 
 
 def cli_main() -> None:
-    try:
-        main()
-    except T3SError as e:
-        from rich.markup import escape
-
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
-        sys.exit(1)
+    exit_on_user_error(main)
 
 
 if __name__ == "__main__":

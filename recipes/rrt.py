@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from t3s_nemo.console import console
+from t3s_nemo.console import console, exit_on_user_error
 from t3s_nemo.errors import T3SError
 
 
@@ -69,13 +69,7 @@ def main(argv=None) -> None:
 
 
 def cli_main() -> None:
-    try:
-        main()
-    except T3SError as e:
-        from rich.markup import escape
-
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
-        sys.exit(1)
+    exit_on_user_error(main)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from t3s_nemo.config import Config, check_parallel, load_config, save_config, to_yaml
-from t3s_nemo.console import console, progress
+from t3s_nemo.console import console, exit_on_user_error, progress
 from t3s_nemo.errors import T3SError
 
 
@@ -226,13 +226,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def cli_main() -> None:
-    try:
-        main()
-    except T3SError as e:
-        from rich.markup import escape
-
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
-        sys.exit(1)
+    exit_on_user_error(main)
 
 
 if __name__ == "__main__":  # the guard matters: dist_checkpointing's writers re-import this module

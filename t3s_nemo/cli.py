@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from t3s_nemo.console import console
+from t3s_nemo.console import console, print_error
 from t3s_nemo.errors import T3SError
 
 app = typer.Typer(
@@ -472,9 +472,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except T3SError as e:
-        from rich.markup import escape
-
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        print_error(e)
         sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)

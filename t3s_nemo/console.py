@@ -25,3 +25,21 @@ def progress(transient: bool = False) -> Progress:
         transient=transient,
         disable=not enabled,
     )
+
+
+def print_error(err: Exception) -> None:
+    """One red `error:` line; the message is printed verbatim (no rich markup from paths)."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(err))}")
+
+
+def exit_on_user_error(main) -> None:
+    """Run an entry point; a user error (T3SError) becomes one line on stderr and exit status 1."""
+    from t3s_nemo.errors import T3SError
+
+    try:
+        main()
+    except T3SError as e:
+        print_error(e)
+        sys.exit(1)

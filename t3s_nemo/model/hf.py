@@ -267,7 +267,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     import argparse
     import sys
 
-    from t3s_nemo.console import console
+    from t3s_nemo.console import console, print_error
 
     p = argparse.ArgumentParser(prog="python -m t3s_nemo.model.hf", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -289,9 +289,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         else:
             path = import_(a.hf_dir, a.out, a.overwrite)
     except T3SError as err:
-        from rich.markup import escape
-
-        console.print(f"[bold red]error:[/] {escape(str(err))}")
+        print_error(err)
         sys.exit(1)
     console.print(f"wrote {path}")
     print(json.dumps({"output": str(path)}))
