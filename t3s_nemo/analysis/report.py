@@ -63,3 +63,44 @@ def write_mask_report(ds, delta: list[np.ndarray], keep: list[np.ndarray], repor
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(png_path)
+
+
+def write_run_report(root: Path, summary: dict, bottleneck: dict) -> Path:
+    """ROOT/report.html: theta_b and the accuracy curve, the mask reports, and every run's final loss."""
+    import json
+    import os
+
+    def final_loss(run_dir: str) -> str:
+        path = Path(run_dir) / "trajectory.jsonl"
+        if not path.is_file():
+            return "-"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return f"{json.loads(lines[-1])['loss']:.4f}" if lines else "-"
+
+    rel = lambda p: html.escape(os.path.relpath(p, root))
+    sft = Path(summary["runs"]["sft"])
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{rel(path)}</td><td>{final_loss(path)}</td></tr>"
+                   for name, path in summary["runs"].items())
+    masks_dir = Path(summary["data"]) / "masks"
+    mask_rows = "".join(
+        f"<tr><td><a href='{rel(masks_dir / (r['channel'] + '.html'))}'>{html.escape(r['channel'])}</a></td>"
+        f"<td>{html.escape(rule)}</td><td>{r.get('masked_fraction', r.get('target_fraction', 0)):.1%}</td></tr>"
+        for rule, r in summary["masks"].items())
+    def loss_cell(snap: dict) -> str:
+        return "" if snap.get("loss") is None else f"{snap['loss']:.4f}"
+
+    curve = "".join(f"<tr><td>{snap['step']}</td><td>{snap['accuracy']:.3f}</td><td>{loss_cell(snap)}</td></tr>"
+                    for snap in bottleneck.get("snapshots", []))
+    page = f"""<!doctype html><meta charset=utf-8><title>T3S run {html.escape(str(root))}</title><style>{_STYLE}</style>
+<h1>T3S run</h1>
+<p>Imitation Bottleneck theta_b = step {bottleneck['bottleneck_step']} (rule {html.escape(str(bottleneck.get('rule')))});
+training accuracy {bottleneck.get('base_accuracy', 0):.1%} at theta_0, {bottleneck.get('min_accuracy', 0):.1%} at theta_b.
+{'<b>No Imitation Shock was found; theta_b was forced.</b>' if bottleneck.get('no_dip') else ''}</p>
+<img src='{rel(sft / "accuracy.png")}' alt='training accuracy and loss per snapshot'>
+<h2>Accuracy per snapshot</h2><table><tr><th>step</th><th>accuracy</th><th>loss</th></tr>{curve}</table>
+<h2>Masks</h2><table><tr><th>channel</th><th>rule</th><th>masked</th></tr>{mask_rows}</table>
+<h2>Runs</h2><table><tr><th>run</th><th>directory</th><th>final loss</th></tr>{rows}</table>
+"""
+    out = root / "report.html"
+    atomic_write_text(out, page)
+    return out

@@ -59,7 +59,7 @@ def run_demo(out: Path, steps: int, nproc: int, overwrite: bool) -> None:
         console.print(f"{name:>18}: {path}")
     masks = Path(summary["data"]) / "masks"
     console.print(f"theta_b: step {summary['bottleneck_step']} ({out / 'sft' / 'bottleneck.json'})")
-    console.print(f"accuracy curve: {out / 'sft' / 'accuracy.png'}")
+    console.print(f"run report: {out / 'report.html'}; accuracy curve: {out / 'sft' / 'accuracy.png'}")
     console.print(f"anchor report: {masks / 't3s_mask.html'} (+ .png, .json; one per mask in {masks})")
     anchors = summary["masks"].get("ar", {}).get("top_anchor_tokens", [])[:10]
     console.print("top imitation anchors: " + ", ".join(repr(a["token"]) for a in anchors))

@@ -111,7 +111,10 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     summary = {"config": str(root / "config.yaml"), "data": data, "runs": runs,
                "bottleneck_step": bottleneck["bottleneck_step"], "masks": reports}
     atomic_write_json(root / "pipeline.json", summary)
-    console.print(f"pipeline done: {root / 'pipeline.json'}")
+    from t3s_nemo.analysis.report import write_run_report
+
+    report = write_run_report(root, summary, bottleneck)
+    console.print(f"pipeline done: {root / 'pipeline.json'}; report {report}")
     return summary
 
 

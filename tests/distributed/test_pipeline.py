@@ -21,6 +21,8 @@ def test_pipeline_runs_every_stage_and_resumes(tiny_data, tmp_path):
     assert (root / "sft" / "rrt" / "t3s.json").is_file()
     assert (root / "sft" / "accuracy.png").is_file()
     assert s["masks"]["ar"]["masked_fraction"] == s["masks"]["random"]["masked_fraction"]
+    page = (root / "report.html").read_text()
+    assert f"theta_b = step {s['bottleneck_step']}" in page and "t3s_mask.html" in page and "accuracy.png" in page
 
     second = run(args)
     assert second.stderr.count("done already") == 5  # sft, profile, t3s, random, rrt
