@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Submit the T3S pipeline as Slurm jobs chained with afterok dependencies, all in one run directory:
+#
+#   sft (train.sbatch) -> bottleneck -> profile -> masks -> T3S retraining (+ baselines) -> export
+#                                    \-> RRT (pipeline.rrt=true)
+#
+#   slurm/submit_pipeline.sh [--dry-run] CONFIG [key=value ...]
+#
+# The same layout as `t3s pipeline CONFIG` (docs/pipeline.md): ROOT = run_dir, ROOT/config.yaml (the
+# resolved config, written now), ROOT/sft, ROOT/t3s, ROOT/<baseline>, ROOT/t3s-hf (the exported T3S
+# student), and the job logs in ROOT/logs/<job name>-<job id>.out.
+#
+# Run it from the directory the jobs should work in (relative paths in the config are relative to it),
+# on a host where T3S_PYTHON (default python3) imports t3s_nemo: it resolves the config here.
+# Resources are sbatch options, per stage (split on whitespace) and for every job:
+#   T3S_SBATCH_ARGS             every job, e.g. "--partition=batch --account=me"
+#   T3S_TRAIN_SBATCH_ARGS       sft and retraining, e.g. "--nodes=2 --ntasks-per-node=8 --gpus-per-node=8 --time=04:00:00"
+#   T3S_BOTTLENECK_SBATCH_ARGS  sampling, e.g. "--gpus=1 --time=02:00:00"
+#   T3S_PROFILE_SBATCH_ARGS     e.g. "--nodes=1 --ntasks-per-node=8 --gpus-per-node=8"
+#   T3S_ONE_SBATCH_ARGS         masks, RRT, export (one process each; CPU is enough)
+# sbatch also reads SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_TIMELIMIT, ... The jobs inherit this
+# environment (T3S_CONTAINER, T3S_CONTAINER_MOUNTS, T3S_PYTHON, T3S_SRUN_ARGS; see slurm/train.sbatch).
+# --dry-run prints the sbatch commands instead of submitting them.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+dry_run=0
+if [ "${1:-}" = "--dry-run" ]; then
+  dry_run=1
+  shift
+fi
+if [ "$#" -lt 1 ] || [ "${1#-}" != "$1" ]; then
+  echo "usage: slurm/submit_pipeline.sh [--dry-run] CONFIG [key=value ...]" >&2
+  exit 2
+fi
+PY=${T3S_PYTHON:-python3}
+
+# Resolve the config as `t3s pipeline` does; print the values the job chain needs, one per line.
+read -r -d '' RESOLVE <<'PY' || true
+import sys
+from pathlib import Path
+from t3s_nemo.config import load_config, resolve_path, save_config
+from t3s_nemo.errors import T3SError
+from t3s_nemo.trajectory.pipeline import MASK_CHANNEL
+write = sys.argv[1] == "write"
+try:
+    cfg = load_config(sys.argv[2], sys.argv[3:])
+    if not cfg.run_dir:
+        raise T3SError("config key 'run_dir' is required")
+    if cfg.pipeline.online:
+        raise T3SError("config key 'pipeline.online': online mode is not available yet in this version")
+    rules = [cfg.pipeline.mask_rule] + [b for b in cfg.pipeline.baselines if b != cfg.pipeline.mask_rule]
+    for rule in rules:
+        if rule not in MASK_CHANNEL:
+            raise T3SError(f"mask rule '{rule}': expected one of {', '.join(MASK_CHANNEL)}")
+except T3SError as e:
+    sys.exit(f"error: {e}")
+root = Path(cfg.run_dir)
+if write:
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root / "config.yaml")
+sft = root / "sft"
+data = resolve_path(cfg.data.path) if cfg.data.path else str(sft / "data")
+print(root, data, cfg.pipeline.sft_steps or cfg.train.steps, cfg.checkpoint.snapshot_interval or 1,
+      cfg.checkpoint.snapshot_interval, cfg.train.steps, int(cfg.pipeline.rrt), sep="\n")
+for i, rule in enumerate(rules):
+    print(rule, "t3s" if i == 0 else rule, MASK_CHANNEL[rule])
+PY
+mode=write
+if [ "$dry_run" -eq 1 ]; then mode=dry-run; fi
+resolved=$("$PY" -c "$RESOLVE" "$mode" "$@") || {
+  echo "submit_pipeline: could not resolve the config with $PY (it must import t3s_nemo; set T3S_PYTHON)" >&2
+  exit 1
+}
+mapfile -t v <<<"$resolved"
+root=${v[0]} data=${v[1]} sft_steps=${v[2]} sft_snapshots=${v[3]} snapshots=${v[4]} steps=${v[5]} rrt=${v[6]}
+rules=("${v[@]:7}")
+config=$root/config.yaml
+logs=$root/logs
+if [ "$dry_run" -eq 0 ]; then mkdir -p "$logs"; fi
+
+split() {  # split NAME VALUE: word-split VALUE (no globbing, no evaluation) into the array NAME
+  local -n out=$1
+  out=()
+  if [ -n "$2" ]; then read -r -a out <<<"$2"; fi
+}
+split all_args "${T3S_SBATCH_ARGS:-}"
+split train_args "${T3S_TRAIN_SBATCH_ARGS:-}"
+split bottleneck_args "${T3S_BOTTLENECK_SBATCH_ARGS:-}"
+split profile_args "${T3S_PROFILE_SBATCH_ARGS:-}"
+split one_args "${T3S_ONE_SBATCH_ARGS:-}"
+
+n=0
+submit() {  # submit NAME AFTER [sbatch options] SCRIPT [args]: sets $job to the new job id
+  local name=$1 after=$2
+  shift 2
+  local cmd=(sbatch --parsable --job-name="t3s-$name" --output="$logs/%x-%j.out" --open-mode=append "${all_args[@]}")
+  if [ -n "$after" ]; then cmd+=(--dependency="afterok:$after" --kill-on-invalid-dep=yes); fi
+  cmd+=("$@")
+  if [ "$dry_run" -eq 1 ]; then
+    n=$((n + 1))
+    job="JOB$n"
+    printf '%s:' "$job"
+    printf ' %q' "${cmd[@]}"
+    printf '\n'
+  else
+    job=$("${cmd[@]}")
+    job=${job%%;*}  # --parsable prints "id" or "id;cluster"
+    printf '%-22s job %-10s log %s\n' "t3s-$name" "$job" "$logs/t3s-$name-$job.out"
+  fi
+  echo "$name $job" >>"$jobs_file"
+}
+jobs_file=$root/slurm_jobs.txt
+if [ "$dry_run" -eq 1 ]; then jobs_file=/dev/null; fi
+
+submit sft "" "${train_args[@]}" "$here/train.sbatch" --mode sft "$config" "run_dir=$root/sft" \
+  "train.steps=$sft_steps" checkpoint.snapshot_step0=true "checkpoint.snapshot_interval=$sft_snapshots"
+sft_job=$job
+submit bottleneck "$sft_job" "${bottleneck_args[@]}" "$here/bottleneck.sbatch" "$root/sft"
+bottleneck_job=$job
+submit profile "$bottleneck_job" "${profile_args[@]}" "$here/profile.sbatch" "$root/sft"
+mask_job=$job
+# the masks write into the one dataset: one after the other
+for entry in "${rules[@]}"; do
+  read -r rule name channel <<<"$entry"
+  submit "mask-$rule" "$mask_job" "${one_args[@]}" "$here/t3s.sbatch" mask "$root/sft" --rule "$rule" --name "$channel"
+  mask_job=$job
+done
+t3s_job=""
+for entry in "${rules[@]}"; do
+  read -r rule name channel <<<"$entry"
+  submit "$name" "$mask_job" "${train_args[@]}" "$here/train.sbatch" --mode train "$config" "run_dir=$root/$name" \
+    "data.path=$data" "model.init=$root/sft/snapshots/step_0" "mask.channel=$channel" \
+    checkpoint.snapshot_step0=false "checkpoint.snapshot_interval=$snapshots"
+  if [ -z "$t3s_job" ]; then t3s_job=$job; fi
+done
+submit export "$t3s_job" "${one_args[@]}" "$here/export.sbatch" "$root/t3s/checkpoints/iter_$steps" \
+  --out "$root/t3s-hf" --overwrite
+if [ "$rrt" = 1 ]; then
+  submit rrt "$bottleneck_job" "${one_args[@]}" "$here/t3s.sbatch" rrt "$root/sft" --overwrite
+fi
+if [ "$dry_run" -eq 0 ]; then
+  echo "submitted to $root (job ids in $jobs_file); follow with: squeue -u \"\$USER\"; tail -f $logs/*.out"
+fi

@@ -1,0 +1,103 @@
+"""The slurm/ scripts without a cluster: syntax, the shared preamble, and the pipeline submitter's job
+chain (--dry-run), with arguments that must survive as they are."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SLURM_DIR = REPO / "slurm"
+SCRIPTS = sorted(SLURM_DIR.glob("*.sbatch"))
+PREAMBLE = re.compile(r"# ---- t3s preamble.*?# ---- end of the t3s preamble[^\n]*\n", re.S)
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
+    return dict(env, T3S_NO_PROGRESS="1", **extra)
+
+
+def test_scripts_parse_and_share_one_preamble():
+    assert {p.name for p in SCRIPTS} >= {"train.sbatch", "profile.sbatch", "bottleneck.sbatch", "export.sbatch",
+                                         "t3s.sbatch"}
+    preambles = set()
+    for script in [*SCRIPTS, SLURM_DIR / "submit_pipeline.sh"]:
+        p = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert p.returncode == 0, f"{script.name}: {p.stderr}"
+        text = script.read_text()
+        assert not re.search(r"^\s*eval\b", text, re.M), f"{script.name}: no eval"
+        if script.suffix == ".sbatch":
+            assert text.startswith("#!/usr/bin/env bash\n#SBATCH --job-name=t3s-"), script.name
+            assert "#SBATCH --requeue" in text and "#SBATCH --open-mode=append" in text, script.name
+            m = PREAMBLE.search(text)
+            assert m, f"{script.name}: the t3s preamble is missing"
+            preambles.add(m.group(0))
+    assert len(preambles) == 1, "the t3s preamble differs between the slurm/*.sbatch scripts; keep them the same"
+    train = (SLURM_DIR / "train.sbatch").read_text()
+    assert re.search(r"^#SBATCH --signal=USR1@\d+$", train, re.M)
+    assert 't3s_all "$PY" -m t3s_nemo.recipes.train "$@"' in train
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in train
+
+
+def test_sbatch_scripts_refuse_to_run_outside_slurm():
+    p = subprocess.run(["bash", str(SLURM_DIR / "train.sbatch"), "configs/tiny/sft.yaml"], capture_output=True,
+                       text=True, env=clean_env())
+    assert p.returncode == 2 and "submit this script with sbatch" in p.stderr
+
+
+def test_pipeline_submitter_dry_run_chains_the_stages(tmp_path):
+    root = tmp_path / "a run; $(touch pwned) 'x'"  # must arrive as one argument, never as shell text
+    p = subprocess.run(
+        ["bash", str(SLURM_DIR / "submit_pipeline.sh"), "--dry-run", str(REPO / "configs" / "tiny" / "sft.yaml"),
+         f"run_dir={root}", "train.steps=5", "pipeline.sft_steps=7", "pipeline.baselines=[random]",
+         "pipeline.rrt=true"],
+        capture_output=True, text=True, cwd=tmp_path,
+        env=clean_env(T3S_PYTHON=sys.executable, T3S_TRAIN_SBATCH_ARGS="--nodes=2  --gpus-per-node=8",
+                      T3S_SBATCH_ARGS="--account=acct"))
+    assert p.returncode == 0, p.stderr
+    assert not root.exists() and not (tmp_path / "pwned").exists()  # a dry run writes nothing
+    jobs = {}
+    for line in p.stdout.splitlines():
+        ref, _, cmd = line.partition(": ")
+        argv = shlex.split(cmd)
+        name = next(a.split("=", 1)[1] for a in argv if a.startswith("--job-name="))
+        dep = next((a.split(":", 1)[1] for a in argv if a.startswith("--dependency=afterok:")), None)
+        script = next(a for a in argv if a.startswith(str(SLURM_DIR)))
+        jobs[name] = dict(ref=ref, argv=argv, dep=dep, script=Path(script).name, args=argv[argv.index(script) + 1:])
+    ref = {name: j["ref"] for name, j in jobs.items()}
+    assert list(jobs) == ["t3s-sft", "t3s-bottleneck", "t3s-profile", "t3s-mask-ar", "t3s-mask-random", "t3s-t3s",
+                          "t3s-random", "t3s-export", "t3s-rrt"]
+    chain = {"t3s-sft": None, "t3s-bottleneck": "t3s-sft", "t3s-profile": "t3s-bottleneck",
+             "t3s-mask-ar": "t3s-profile", "t3s-mask-random": "t3s-mask-ar", "t3s-t3s": "t3s-mask-random",
+             "t3s-random": "t3s-mask-random", "t3s-export": "t3s-t3s", "t3s-rrt": "t3s-bottleneck"}
+    for name, after in chain.items():
+        assert jobs[name]["dep"] == (ref[after] if after else None), name
+        assert "--parsable" in jobs[name]["argv"] and "--account=acct" in jobs[name]["argv"]
+        assert f"--output={root}/logs/%x-%j.out" in jobs[name]["argv"]
+    sft = jobs["t3s-sft"]
+    assert sft["script"] == "train.sbatch" and "--nodes=2" in sft["argv"] and "--gpus-per-node=8" in sft["argv"]
+    assert sft["args"] == ["--mode", "sft", f"{root}/config.yaml", f"run_dir={root}/sft", "train.steps=7",
+                           "checkpoint.snapshot_step0=true", "checkpoint.snapshot_interval=1"]
+    assert jobs["t3s-bottleneck"]["script"] == "bottleneck.sbatch" and jobs["t3s-bottleneck"]["args"] == [f"{root}/sft"]
+    assert jobs["t3s-profile"]["script"] == "profile.sbatch" and jobs["t3s-profile"]["args"] == [f"{root}/sft"]
+    assert jobs["t3s-mask-ar"]["args"] == ["mask", f"{root}/sft", "--rule", "ar", "--name", "t3s_mask"]
+    assert jobs["t3s-t3s"]["args"] == [
+        "--mode", "train", f"{root}/config.yaml", f"run_dir={root}/t3s", f"data.path={root}/sft/data",
+        f"model.init={root}/sft/snapshots/step_0", "mask.channel=t3s_mask", "checkpoint.snapshot_step0=false",
+        "checkpoint.snapshot_interval=0"]
+    assert "mask.channel=mask_random" in jobs["t3s-random"]["args"]
+    assert jobs["t3s-export"]["script"] == "export.sbatch"
+    assert jobs["t3s-export"]["args"] == [f"{root}/t3s/checkpoints/iter_5", "--out", f"{root}/t3s-hf", "--overwrite"]
+    assert jobs["t3s-rrt"]["args"] == ["rrt", f"{root}/sft", "--overwrite"]
+
+
+def test_pipeline_submitter_reports_config_errors(tmp_path):
+    p = subprocess.run(["bash", str(SLURM_DIR / "submit_pipeline.sh"), "--dry-run",
+                        str(REPO / "configs" / "tiny" / "sft.yaml"), f"run_dir={tmp_path}", "train.stepz=3"],
+                       capture_output=True, text=True, env=clean_env(T3S_PYTHON=sys.executable))
+    assert p.returncode == 1
+    assert "unknown config key 'train.stepz'" in p.stderr
