@@ -15,7 +15,10 @@
 # Resources are sbatch options, per stage (split on whitespace) and for every job:
 #   T3S_SBATCH_ARGS             every job, e.g. "--partition=batch --account=me"
 #   T3S_TRAIN_SBATCH_ARGS       sft and retraining, e.g. "--nodes=2 --ntasks-per-node=8 --gpus-per-node=8 --time=04:00:00"
-#   T3S_BOTTLENECK_SBATCH_ARGS  sampling, e.g. "--gpus=1 --time=02:00:00"
+#   T3S_BOTTLENECK_SBATCH_ARGS  sampling, per array task, e.g. "--gpus=1 --time=02:00:00"
+#   T3S_BOTTLENECK_TASKS        array tasks sampling the snapshots side by side (default: one per
+#                               evaluated snapshot, at most 8; 1 = a single job); a one-process job after
+#                               the array picks theta_b
 #   T3S_PROFILE_SBATCH_ARGS     e.g. "--nodes=1 --ntasks-per-node=8 --gpus-per-node=8"
 #   T3S_ONE_SBATCH_ARGS         masks, RRT, export (one process each; CPU is enough)
 # sbatch also reads SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_TIMELIMIT, ... The jobs inherit this
@@ -41,6 +44,7 @@ import sys
 from pathlib import Path
 from t3s_nemo.config import load_config, resolve_path, save_config
 from t3s_nemo.errors import T3SError
+from t3s_nemo.trajectory.bottleneck import select_snapshots
 from t3s_nemo.trajectory.pipeline import MASK_CHANNEL
 write = sys.argv[1] == "write"
 try:
@@ -53,6 +57,9 @@ try:
     for rule in rules:
         if rule not in MASK_CHANNEL:
             raise T3SError(f"mask rule '{rule}': expected one of {', '.join(MASK_CHANNEL)}")
+    sft_steps, interval = cfg.pipeline.sft_steps or cfg.train.steps, cfg.checkpoint.snapshot_interval or 1
+    b = cfg.bottleneck
+    evaluated = len(select_snapshots([(s, None) for s in range(0, sft_steps + 1, interval)], b.every, b.start, b.end))
 except T3SError as e:
     sys.exit(f"error: {e}")
 root = Path(cfg.run_dir)
@@ -61,8 +68,8 @@ if write:
     save_config(cfg, root / "config.yaml")
 sft = root / "sft"
 data = resolve_path(cfg.data.path) if cfg.data.path else str(sft / "data")
-print(root, data, cfg.pipeline.sft_steps or cfg.train.steps, cfg.checkpoint.snapshot_interval or 1,
-      cfg.checkpoint.snapshot_interval, cfg.train.steps, int(cfg.pipeline.rrt), sep="\n")
+print(root, data, sft_steps, interval, cfg.checkpoint.snapshot_interval, cfg.train.steps, int(cfg.pipeline.rrt),
+      evaluated, sep="\n")
 for i, rule in enumerate(rules):
     print(rule, "t3s" if i == 0 else rule, MASK_CHANNEL[rule])
 PY
@@ -74,7 +81,13 @@ resolved=$("$PY" -c "$RESOLVE" "$mode" "$@") || {
 }
 mapfile -t v <<<"$resolved"
 root=${v[0]} data=${v[1]} sft_steps=${v[2]} sft_snapshots=${v[3]} snapshots=${v[4]} steps=${v[5]} rrt=${v[6]}
-rules=("${v[@]:7}")
+evaluated=${v[7]}
+rules=("${v[@]:8}")
+tasks=${T3S_BOTTLENECK_TASKS:-$((evaluated < 8 ? evaluated : 8))}
+if ! [[ "$tasks" =~ ^[1-9][0-9]*$ ]]; then
+  echo "submit_pipeline: T3S_BOTTLENECK_TASKS=$tasks: expected a positive integer" >&2
+  exit 2
+fi
 config=$root/config.yaml
 logs=$root/logs
 if [ "$dry_run" -eq 0 ]; then mkdir -p "$logs"; fi
@@ -93,8 +106,10 @@ split one_args "${T3S_ONE_SBATCH_ARGS:-}"
 n=0
 submit() {  # submit NAME AFTER [sbatch options] SCRIPT [args]: sets $job to the new job id
   local name=$1 after=$2
+  local log="%x-%j.out" shown="t3s-$name-JOB.out"
   shift 2
-  local cmd=(sbatch --parsable --job-name="t3s-$name" --output="$logs/%x-%j.out" --open-mode=append "${all_args[@]}")
+  if [[ "${1:-}" == --array=* ]]; then log="%x-%A_%a.out" shown="t3s-$name-JOB_<task>.out"; fi
+  local cmd=(sbatch --parsable --job-name="t3s-$name" --output="$logs/$log" --open-mode=append "${all_args[@]}")
   if [ -n "$after" ]; then cmd+=(--dependency="afterok:$after" --kill-on-invalid-dep=yes); fi
   cmd+=("$@")
   if [ "$dry_run" -eq 1 ]; then
@@ -106,7 +121,7 @@ submit() {  # submit NAME AFTER [sbatch options] SCRIPT [args]: sets $job to the
   else
     job=$("${cmd[@]}")
     job=${job%%;*}  # --parsable prints "id" or "id;cluster"
-    printf '%-22s job %-10s log %s\n' "t3s-$name" "$job" "$logs/t3s-$name-$job.out"
+    printf '%-22s job %-10s log %s\n' "t3s-$name" "$job" "$logs/${shown/JOB/$job}"
   fi
   echo "$name $job" >>"$jobs_file"
 }
@@ -116,7 +131,12 @@ if [ "$dry_run" -eq 1 ]; then jobs_file=/dev/null; fi
 submit sft "" "${train_args[@]}" "$here/train.sbatch" --mode sft "$config" "run_dir=$root/sft" \
   "train.steps=$sft_steps" checkpoint.snapshot_step0=true "checkpoint.snapshot_interval=$sft_snapshots"
 sft_job=$job
-submit bottleneck "$sft_job" "${bottleneck_args[@]}" "$here/bottleneck.sbatch" "$root/sft"
+if [ "$tasks" -gt 1 ]; then  # sample the snapshots side by side, then pick theta_b in one small job
+  submit bottleneck-sample "$sft_job" --array="0-$((tasks - 1))" "${bottleneck_args[@]}" "$here/bottleneck.sbatch" "$root/sft"
+  submit bottleneck "$job" "${one_args[@]}" "$here/bottleneck.sbatch" "$root/sft"
+else
+  submit bottleneck "$sft_job" "${bottleneck_args[@]}" "$here/bottleneck.sbatch" "$root/sft"
+fi
 bottleneck_job=$job
 submit profile "$bottleneck_job" "${profile_args[@]}" "$here/profile.sbatch" "$root/sft"
 mask_job=$job

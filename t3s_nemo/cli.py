@@ -198,6 +198,7 @@ def bottleneck(
     run: Annotated[Path, typer.Argument(help="A trajectory run directory (with snapshots/ and config.yaml).")],
     overrides: OverridesArg = None,
     force: Annotated[Optional[bool], typer.Option("--force/--no-force", help="Pick theta_b even when no accuracy dip is found (default: bottleneck.force).")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="I/K: evaluate only every K-th selected snapshot from the I-th and stop without picking theta_b (one task of a job array; slurm/bottleneck.sbatch sets it). A later run without --shard picks theta_b from the saved results.")] = None,
 ):
     """Find the Imitation Bottleneck: the snapshot with the lowest training accuracy.
 
@@ -208,8 +209,13 @@ def bottleneck(
     evaluated again). Exits non-zero when accuracy never dips bottleneck.margin below theta_0's (no
     Imitation Shock: T3S does not apply) unless --force. Overrides: generation.* and bottleneck.* keys.
     """
-    from t3s_nemo.trajectory.bottleneck import run_bottleneck
+    from t3s_nemo.trajectory.bottleneck import parse_shard, run_bottleneck
 
+    if shard is not None:
+        r = run_bottleneck(run, overrides or [], force, shard=parse_shard(shard))
+        done = ", ".join(f"step {s}: {a:.1%}" for s, a in zip(r["steps"], r["accuracy"])) or "no snapshot in this shard"
+        console.print(f"shard {shard}: {done}; `t3s bottleneck {run}` picks theta_b once every shard is done")
+        return
     r = run_bottleneck(run, overrides or [], force)
     console.print(f"theta_b = step {r['bottleneck_step']} ({r['bottleneck_dir']}); "
                   f"accuracy {r['base_accuracy']:.1%} -> {r['min_accuracy']:.1%}; {run / 'accuracy.png'}")

@@ -322,11 +322,27 @@ def load_run_config(run_dir: Path, overrides: Sequence[str] = ()):
     return load_config(path, list(overrides))
 
 
-def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Optional[bool] = None) -> dict:
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/K' (0 <= I < K): this process evaluates every K-th selected snapshot, starting at the I-th."""
+    index, sep, count = text.partition("/")
+    try:
+        i, k = int(index), int(count)
+    except ValueError:
+        i, k = -1, 0
+    if not sep or k < 1 or not 0 <= i < k:
+        raise T3SError(f"--shard {text!r}: expected I/K with 0 <= I < K (e.g. 0/4 for the first of four tasks)")
+    return i, k
+
+
+def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Optional[bool] = None,
+                   shard: Optional[tuple[int, int]] = None) -> dict:
     """Evaluate the run's snapshots, pick theta_b, write bottleneck.json and accuracy.png; returns bottleneck.json.
 
     force: pick theta_b even without a dip (None = bottleneck.force). Raises T3SError for a run without
     an Imitation Shock unless forced.
+    shard: (I, K) evaluates only every K-th selected snapshot from the I-th (one task of a Slurm job array)
+    and returns {"shard", "steps", "accuracy"} without picking theta_b: a later run without a shard finds
+    every saved result and only selects.
     """
     from t3s_nemo.checkpoint.manager import step_dirs
     from t3s_nemo.config import resolve_path
@@ -375,13 +391,15 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
            "max_new_tokens": g.max_new_tokens, "seed": g.seed, "batch_size": g.batch_size, "tp": g.tp}
     key = result_key(gen, ids)
     results_dir = run_dir / RESULTS
-    for stale in results_dir.glob(".hf-step_*"):  # temporary exports of an interrupted earlier run
-        shutil.rmtree(stale, ignore_errors=True)
+    todo = chosen if shard is None else chosen[shard[0]::shard[1]]
+    for step, _ in todo:  # temporary exports of an interrupted earlier run (only ours: shards run side by side)
+        for stale in results_dir.glob(f".hf-step_{step}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     results: list[dict] = []
     with progress() as bar:
-        snap_task = bar.add_task("snapshots", total=len(chosen))
-        for step, snap in chosen:
+        snap_task = bar.add_task("snapshots", total=len(todo))
+        for step, snap in todo:
             out = results_dir / f"step_{step}.json"
             r = load_result(out, key)
             if r is None:
@@ -401,6 +419,8 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
             results.append(r)
             bar.advance(snap_task)
 
+    if shard is not None:
+        return {"shard": list(shard), "steps": [s for s, _ in todo], "accuracy": [r["accuracy"] for r in results]}
     return summarize(run_dir, cfg, chosen, results, gen, force)
 
 

@@ -111,6 +111,19 @@ class SlurmCluster:
         pytest.fail(f"job {job} did not finish within {timeout:.0f} s (state {info.get('JobState')})\n"
                     + self.diagnostics(job, log))
 
+    def wait_array(self, job: str, log: Path, timeout: float = 420) -> list[dict]:
+        """Poll until every task of a job array has finished; returns one record per task."""
+        deadline = time.monotonic() + timeout
+        tasks: list[dict] = []
+        while time.monotonic() < deadline:
+            p = self.run("scontrol", "show", "job", "-o", job, check=False)
+            tasks = [dict(re.findall(r"(?:^|\s)(\w+)=(\S*)", line)) for line in p.stdout.splitlines() if line.strip()]
+            if tasks and all(t.get("JobState") in FINISHED for t in tasks):
+                return tasks
+            time.sleep(1)
+        pytest.fail(f"job array {job} did not finish within {timeout:.0f} s "
+                    f"(states {[t.get('JobState') for t in tasks]})\n" + self.diagnostics(job, log))
+
     def diagnostics(self, job: str, log: Path) -> str:
         show = self.run("scontrol", "show", "job", job, check=False)
         return (f"--- job log {log} (tail) ---\n{tail(log)}\n--- scontrol show job {job} ---\n"

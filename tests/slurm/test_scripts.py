@@ -49,35 +49,51 @@ def test_sbatch_scripts_refuse_to_run_outside_slurm():
     assert p.returncode == 2 and "submit this script with sbatch" in p.stderr
 
 
-def test_pipeline_submitter_dry_run_chains_the_stages(tmp_path):
-    root = tmp_path / "a run; $(touch pwned) 'x'"  # must arrive as one argument, never as shell text
-    p = subprocess.run(
+def dry_run(tmp_path: Path, root: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         ["bash", str(SLURM_DIR / "submit_pipeline.sh"), "--dry-run", str(REPO / "configs" / "tiny" / "sft.yaml"),
-         f"run_dir={root}", "train.steps=5", "pipeline.sft_steps=7", "pipeline.baselines=[random]",
-         "pipeline.rrt=true"],
-        capture_output=True, text=True, cwd=tmp_path,
-        env=clean_env(T3S_PYTHON=sys.executable, T3S_TRAIN_SBATCH_ARGS="--nodes=2  --gpus-per-node=8",
-                      T3S_SBATCH_ARGS="--account=acct"))
-    assert p.returncode == 0, p.stderr
-    assert not root.exists() and not (tmp_path / "pwned").exists()  # a dry run writes nothing
+         f"run_dir={root}", *overrides],
+        capture_output=True, text=True, cwd=tmp_path, env=clean_env(T3S_PYTHON=sys.executable, **env))
+
+
+def parse_jobs(stdout: str) -> dict:
     jobs = {}
-    for line in p.stdout.splitlines():
+    for line in stdout.splitlines():
         ref, _, cmd = line.partition(": ")
         argv = shlex.split(cmd)
         name = next(a.split("=", 1)[1] for a in argv if a.startswith("--job-name="))
         dep = next((a.split(":", 1)[1] for a in argv if a.startswith("--dependency=afterok:")), None)
         script = next(a for a in argv if a.startswith(str(SLURM_DIR)))
         jobs[name] = dict(ref=ref, argv=argv, dep=dep, script=Path(script).name, args=argv[argv.index(script) + 1:])
+    return jobs
+
+
+def test_pipeline_submitter_dry_run_chains_the_stages(tmp_path):
+    root = tmp_path / "a run; $(touch pwned) 'x'"  # must arrive as one argument, never as shell text
+    p = dry_run(tmp_path, root, "train.steps=5", "pipeline.sft_steps=7", "pipeline.baselines=[random]",
+                "pipeline.rrt=true", T3S_TRAIN_SBATCH_ARGS="--nodes=2  --gpus-per-node=8",
+                T3S_SBATCH_ARGS="--account=acct", T3S_BOTTLENECK_SBATCH_ARGS="--gpus=1")
+    assert p.returncode == 0, p.stderr
+    assert not root.exists() and not (tmp_path / "pwned").exists()  # a dry run writes nothing
+    jobs = parse_jobs(p.stdout)
     ref = {name: j["ref"] for name, j in jobs.items()}
-    assert list(jobs) == ["t3s-sft", "t3s-bottleneck", "t3s-profile", "t3s-mask-ar", "t3s-mask-random", "t3s-t3s",
-                          "t3s-random", "t3s-export", "t3s-rrt"]
-    chain = {"t3s-sft": None, "t3s-bottleneck": "t3s-sft", "t3s-profile": "t3s-bottleneck",
+    assert list(jobs) == ["t3s-sft", "t3s-bottleneck-sample", "t3s-bottleneck", "t3s-profile", "t3s-mask-ar",
+                          "t3s-mask-random", "t3s-t3s", "t3s-random", "t3s-export", "t3s-rrt"]
+    chain = {"t3s-sft": None, "t3s-bottleneck-sample": "t3s-sft", "t3s-bottleneck": "t3s-bottleneck-sample",
+             "t3s-profile": "t3s-bottleneck",
              "t3s-mask-ar": "t3s-profile", "t3s-mask-random": "t3s-mask-ar", "t3s-t3s": "t3s-mask-random",
              "t3s-random": "t3s-mask-random", "t3s-export": "t3s-t3s", "t3s-rrt": "t3s-bottleneck"}
     for name, after in chain.items():
         assert jobs[name]["dep"] == (ref[after] if after else None), name
         assert "--parsable" in jobs[name]["argv"] and "--account=acct" in jobs[name]["argv"]
-        assert f"--output={root}/logs/%x-%j.out" in jobs[name]["argv"]
+        log = "%x-%A_%a.out" if name == "t3s-bottleneck-sample" else "%x-%j.out"
+        assert f"--output={root}/logs/{log}" in jobs[name]["argv"], name
+    # the 8 snapshots (steps 0..7) are sampled by 8 array tasks with the bottleneck resources; one
+    # small job (no GPU asked) picks theta_b
+    sample = jobs["t3s-bottleneck-sample"]
+    assert "--array=0-7" in sample["argv"] and "--gpus=1" in sample["argv"]
+    assert sample["script"] == "bottleneck.sbatch" and sample["args"] == [f"{root}/sft"]
+    assert "--gpus=1" not in jobs["t3s-bottleneck"]["argv"]
     sft = jobs["t3s-sft"]
     assert sft["script"] == "train.sbatch" and "--nodes=2" in sft["argv"] and "--gpus-per-node=8" in sft["argv"]
     assert sft["args"] == ["--mode", "sft", f"{root}/config.yaml", f"run_dir={root}/sft", "train.steps=7",
@@ -93,6 +109,19 @@ def test_pipeline_submitter_dry_run_chains_the_stages(tmp_path):
     assert jobs["t3s-export"]["script"] == "export.sbatch"
     assert jobs["t3s-export"]["args"] == [f"{root}/t3s/checkpoints/iter_5", "--out", f"{root}/t3s-hf", "--overwrite"]
     assert jobs["t3s-rrt"]["args"] == ["rrt", f"{root}/sft", "--overwrite"]
+
+
+def test_pipeline_submitter_bottleneck_tasks(tmp_path):
+    root = tmp_path / "run"
+    # every 3rd of the snapshots 0..7 (0, 3, 6) -> 3 tasks by default
+    jobs = parse_jobs(dry_run(tmp_path, root, "pipeline.sft_steps=7", "bottleneck.every=3").stdout)
+    assert "--array=0-2" in jobs["t3s-bottleneck-sample"]["argv"]
+    jobs = parse_jobs(dry_run(tmp_path, root, "pipeline.sft_steps=7", T3S_BOTTLENECK_TASKS="1").stdout)
+    assert "t3s-bottleneck-sample" not in jobs
+    assert jobs["t3s-bottleneck"]["dep"] == jobs["t3s-sft"]["ref"]
+    assert not any(a.startswith("--array") for a in jobs["t3s-bottleneck"]["argv"])
+    p = dry_run(tmp_path, root, T3S_BOTTLENECK_TASKS="two")
+    assert p.returncode == 2 and "T3S_BOTTLENECK_TASKS=two: expected a positive integer" in p.stderr
 
 
 def test_pipeline_submitter_reports_config_errors(tmp_path):

@@ -141,3 +141,12 @@ def test_saved_results_are_reused_only_with_the_same_settings_and_prompts(tmp_pa
     path.write_text('{"step": 3, "accur')  # cut short
     assert load_result(path, key) is None
     assert load_result(tmp_path / "step_4.json", key) is None
+
+
+def test_parse_shard():
+    from t3s_nemo.trajectory.bottleneck import parse_shard
+
+    assert parse_shard("0/1") == (0, 1) and parse_shard("3/4") == (3, 4)
+    for bad in ("4/4", "-1/2", "1", "a/b", "0/0", "1/2/3"):
+        with pytest.raises(T3SError, match="expected I/K with 0 <= I < K"):
+            parse_shard(bad)
