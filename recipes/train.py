@@ -182,8 +182,10 @@ def main(argv: list[str] | None = None) -> None:
             stats[2] = sum(float((b["segment_ids"] >= 0).sum()) for b in batches)
             stats[3] = sum(float(b["response_mask"].sum()) for b in batches)
         dist.all_reduce(stats)
-        ckpt.after_step(model, optimizer, scheduler, step + 1)
+        t_ckpt = time.perf_counter()
+        ckpt.after_step(model, optimizer, scheduler, step + 1)  # async: only the copy to host and a poll
         seconds = time.perf_counter() - t0
+        ckpt_seconds = time.perf_counter() - t_ckpt
         if env.is_main:
             loss_sum, count, tokens, response = stats.tolist()
             tps = tokens / seconds
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
                 "epoch": sampler.epoch_of(step + 1),
                 "skipped": not ok,
                 "seconds": seconds,
+                "checkpoint_seconds": ckpt_seconds,  # time the loop waited on checkpointing this step
             }
             log.write(rec)
             bar.update(task, advance=1, description=f"{mode} loss {rec['loss']:.4f}")
