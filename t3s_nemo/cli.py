@@ -435,7 +435,9 @@ def plan(
     """Memory per GPU of the config's layout and of nearby TP/PP/CP choices at 8k/16k/32k tokens.
 
     Weights, gradients, distributed-optimizer state, activations (with the configured recomputation)
-    and logits on the busiest rank. An estimate to choose a layout with, not a guarantee.
+    and logits on the busiest rank. Parameters per rank are counted on the real megatron-core model of
+    the first and the last pipeline stage of each layout, built on the meta device (no memory, no GPU).
+    An estimate to choose a layout with, not a guarantee.
     """
     from t3s_nemo.config import load_config
     from t3s_nemo.model import plan as P
@@ -447,14 +449,18 @@ def plan(
     n = gpus or p.tp * p.pp * p.cp
     layouts = [(p.tp, p.pp, p.cp)] + [l for l in ((8, 1, 1), (8, 2, 1), (8, 4, 1), (8, 2, 2), (4, 2, 1), (4, 4, 1), (2, 4, 1))
                                       if l != (p.tp, p.pp, p.cp)]
+    layouts = [(tp, pp, cp) for tp, pp, cp in layouts
+               if not (shape.num_layers % pp or shape.num_attention_heads % tp or shape.num_query_groups % tp
+                       or n % (tp * pp * cp))]
+    with console.status("building each layout's first and last pipeline stage on the meta device"):
+        params = P.meta_rank_params(shape, vocab_size, sorted({(tp, pp) for tp, pp, _ in layouts}))
     rows = []
     for tp, pp, cp in layouts:
-        if shape.num_layers % pp or shape.num_attention_heads % tp or n % (tp * pp * cp):
-            continue
         for seq in (8192, 16384, 32768):
             rows.append(P.estimate(shape, padded_vocab_size(vocab_size, tp), tp, pp, cp, n // (tp * pp * cp), seq,
-                                   cfg.train.micro_batch_size, cfg.model.recompute if cfg.model.recompute != "none" else "none",
-                                   p.sequence_parallel, p.distributed_optimizer, cfg.train.precision != "fp32"))
+                                   cfg.train.micro_batch_size, cfg.model.recompute,
+                                   p.sequence_parallel, p.distributed_optimizer, cfg.train.precision != "fp32",
+                                   params=params[(tp, pp)]))
     out = console.__class__(highlight=False, width=max(110, console.width))
     out.print(f"{cfg.model.preset}: {n} GPUs; first row group = the config's layout "
               f"(tp={p.tp} pp={p.pp} cp={p.cp}), recompute={cfg.model.recompute}")

@@ -1,8 +1,8 @@
 """`t3s plan`: per-GPU memory of a Qwen3 layout before you queue it.
 
-Parameters per rank are counted exactly from the shape and the layout (which tensors TP splits, which
-layers a PP stage holds, where the embedding and output layer live); `tests/unit/test_plan.py` checks the
-count against a real megatron-core model. Activation bytes follow Korthikanti et al. (2022), "Reducing
+Parameters per rank come from the real megatron-core model of that rank, built on the meta device (no
+memory, no GPU) inside torch's fake process group with the layout's world size (`meta_rank_params`); the
+closed form `rank_params` says the same (tests/unit/test_plan.py checks one against the other). Activation bytes follow Korthikanti et al. (2022), "Reducing
 Activation Recomputation in Large Transformer Models": per layer s*b*h*(34 + 5*a*s/h) bytes without
 recomputation, s*b*h*34 with selective recomputation, s*b*h*2 with full recomputation; divided by TP
 when sequence parallelism is on and by CP; the first pipeline stage of a 1F1B schedule holds pp
@@ -12,6 +12,7 @@ micro-batches in flight, i.e. about num_layers layers' worth.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from t3s_nemo.model.qwen3 import Shape
 
@@ -54,10 +55,58 @@ def rank_params(shape: Shape, vocab: int, tp: int, pp: int) -> tuple[int, int]:
     return layers * per_layer + embedding, layers * per_layer + h + embedding
 
 
+def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int]]:
+    """(tp, pp) -> (parameters on a first-stage rank, on a last-stage rank), counted on real megatron-core
+    models built on the meta device, one rank at a time.
+
+    megatron-core sizes every layer from its process groups, so each rank is built inside torch's fake
+    process group ("fake" backend + FakeStore: collectives are no-ops, no peers needed) with the layout's
+    world size, as torchtitan does for its memory estimates. There is no public torch API for this; the
+    module lives under torch.testing. The local layer spec is used: Transformer Engine's layers have the
+    same parameters and need a GPU to build. vocab_size is the tokenizer's; it is padded per TP size.
+    """
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from t3s_nemo.config import ParallelConfig
+    from t3s_nemo.devices import install_cpu_mode
+    from t3s_nemo.model import qwen3
+
+    if dist.is_initialized():
+        raise RuntimeError("meta_rank_params builds its own process groups; call it outside a distributed run")
+    if not torch.cuda.is_available():
+        install_cpu_mode()
+    spec, _ = qwen3.layer_spec("local")
+    out = {}
+    for tp, pp in layouts:
+        counts = []
+        for rank in (0, tp * pp - 1):  # pipeline-parallel is the outermost group: the last rank is on the last stage
+            dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=tp * pp)
+            try:
+                ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+                config = qwen3.transformer_config(shape, ParallelConfig(tp=tp, pp=pp), dtype=torch.bfloat16,
+                                                  use_cpu_init=True, recompute="none")
+                with torch.device("meta"):
+                    model = qwen3.build_gpt(config, shape, qwen3.padded_vocab_size(vocab_size, tp), 4096, spec,
+                                            pre_process=ps.is_pipeline_first_stage(),
+                                            post_process=ps.is_pipeline_last_stage())
+                counts.append(sum(p.numel() for p in model.parameters()))
+            finally:
+                ps.destroy_model_parallel()
+                dist.destroy_process_group()
+        out[(tp, pp)] = (counts[0], counts[1])
+    return out
+
+
 def estimate(shape: Shape, vocab: int, tp: int, pp: int, cp: int, dp: int, seq_length: int,
              micro_batch_size: int = 1, recompute: str = "selective", sequence_parallel: bool = True,
-             distributed_optimizer: bool = True, bf16: bool = True) -> RankMemory:
-    first, last = rank_params(shape, vocab, tp, pp)
+             distributed_optimizer: bool = True, bf16: bool = True,
+             params: Optional[tuple[int, int]] = None) -> RankMemory:
+    """params: (first-stage, last-stage) parameters of one rank, e.g. from meta_rank_params; default the
+    closed form. vocab is the padded vocabulary."""
+    first, last = params or rank_params(shape, vocab, tp, pp)
     params = max(first, last)
     wbytes = 2 if bf16 else 4
     weights = params * wbytes

@@ -41,3 +41,16 @@ def test_shipped_config_fits_an_80gb_h100_at_16k(name):
     est = plan.estimate(shape, padded_vocab_size(151669, p.tp), p.tp, p.pp, p.cp, 1, cfg.data.seq_length,
                         cfg.train.micro_batch_size, cfg.model.recompute, p.sequence_parallel, p.distributed_optimizer)
     assert est.total < 79.6 * plan.GiB * 0.9
+
+
+@pytest.mark.parametrize("preset,layouts", [
+    ("tiny", [(1, 1), (2, 1), (1, 2), (2, 2)]),
+    ("qwen3_8b", [(4, 1), (8, 2)]),  # untied embeddings
+    ("qwen3_32b", [(8, 2), (8, 4)]),
+])
+def test_meta_device_models_have_the_closed_form_counts(preset, layouts):
+    # real megatron-core GPTModels of the first and last pipeline stage, built on the meta device
+    shape = PRESETS[preset]
+    built = plan.meta_rank_params(shape, 151669, layouts)
+    for tp, pp in layouts:
+        assert built[(tp, pp)] == plan.rank_params(shape, padded_vocab_size(151669, tp), tp, pp), (tp, pp)
