@@ -157,8 +157,7 @@ def launch_recipe(module: str, args: list[str], nproc: int) -> None:
         return
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", module, *args]
+    cmd = [sys.executable, "-m", "t3s_nemo.launch", "--standalone", f"--nproc-per-node={nproc}", "-m", module, *args]
     rc = subprocess.call(cmd)
     if rc != 0:
         raise typer.Exit(rc)
@@ -482,7 +481,9 @@ def demo(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code instead of exiting
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except T3SError as e:
         print_error(e)
         sys.exit(1)

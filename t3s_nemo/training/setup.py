@@ -45,6 +45,10 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
     if cfg.parallel.cp > 1 and not qwen3.layer_spec(cfg.model.spec)[1]:
         raise T3SError("config key 'parallel.cp': context parallelism needs Transformer Engine attention "
                        "(GPU with the `gpu` extra or an NGC container); use parallel.cp=1 on CPU")
+    if cfg.parallel.sequence_parallel and cfg.parallel.tp > 1 and not qwen3.layer_spec(cfg.model.spec)[1]:
+        raise T3SError("config key 'parallel.sequence_parallel': needs Transformer Engine layers (megatron-core's "
+                       "local spec uses torch norms, which do not support it); install the `gpu` extra or use an "
+                       "NGC container, or set parallel.sequence_parallel=false")
     if cfg.parallel.vpp and cpu_mode_active():
         raise T3SError("config key 'parallel.vpp': interleaved pipeline schedules are GPU-only here")
     shape = qwen3.resolve_shape(cfg.model)

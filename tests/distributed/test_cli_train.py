@@ -3,7 +3,10 @@
 import json
 import subprocess
 
+import pytest
 from procs import REPO, env, t3s
+
+from t3s_nemo.devices import te_available
 
 
 def test_t3s_sft_tiny_config_runs_and_loss_decreases(tmp_path):
@@ -28,3 +31,15 @@ def test_t3s_train_without_a_mask_is_a_clear_error(tmp_path):
     assert "error: `t3s train` trains with a T3S mask" in p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(te_available(), reason="with Transformer Engine, sequence parallelism is a valid config")
+def test_a_user_error_under_torchrun_exits_non_zero_with_one_message(tmp_path):
+    # sequence parallelism needs Transformer Engine's norms: every rank refuses the config
+    p = subprocess.run([*t3s(), "sft", "configs/tiny/sft.yaml", f"run_dir={tmp_path / 'r'}", "parallel.tp=2",
+                        "parallel.sequence_parallel=true", "--nproc-per-node", "2"],
+                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "error: config key 'parallel.sequence_parallel': needs Transformer Engine layers" in p.stderr
+    assert "error: t3s_nemo.recipes.train: rank" in p.stderr and "ended with exit code 1" in p.stderr
+    assert "Traceback" not in p.stderr and "ChildFailedError" not in p.stderr
