@@ -122,9 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     start = ckpt.restore(model, optimizer, scheduler) if cfg.resume == "auto" else 0
     if start == 0 and cfg.model.init:
         ckpt.load_init(cfg.model.init)
-    if start >= cfg.train.steps:
+    # train.stop_at ends this launch early (a chunk of online T3S); the schedule still spans train.steps
+    end = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
+    if start >= end:
         if env.is_main:
-            console.print(f"{run_dir}: already trained {start}/{cfg.train.steps} steps; nothing to do")
+            console.print(f"{run_dir}: already trained {start}/{end} steps; nothing to do")
         ckpt.close()
         shutdown()
         return
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     task = bar.add_task(mode, total=cfg.train.steps, completed=start)
 
     # ---- the loop -----------------------------------------------------------------------------------
-    for step in range(start, cfg.train.steps):
+    for step in range(start, end):
         t0 = time.perf_counter()
         batches = tdata.micro_batches(bins, sampler, step, dp_rank, dp, cfg.train.micro_batch_size)
         for m in model:
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             bar.update(task, advance=1, description=f"{mode} loss {rec['loss']:.4f}")
             if (step + 1) % cfg.train.log_interval == 0 or step + 1 == cfg.train.steps:
                 print_line(rec, cfg.train.steps)
-        if step + 1 < cfg.train.steps and preemption.agreed():
+        if step + 1 < end and preemption.agreed():
             bar.stop()
             ckpt.save_full(model, optimizer, scheduler, step + 1)
             ckpt.close()
@@ -221,10 +223,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- the end ------------------------------------------------------------------------------------
     bar.stop()
-    ckpt.at_end(model, optimizer, scheduler, cfg.train.steps)
+    ckpt.at_end(model, optimizer, scheduler, end)  # full checkpoint (and snapshot) at `end`
     if env.is_main:
         log.close()
-        console.print(f"done: {cfg.train.steps} steps; log {run_dir / 'trajectory.jsonl'}")
+        done = f"done: {end} steps" if end == cfg.train.steps else f"stopped at step {end}/{cfg.train.steps} (train.stop_at)"
+        console.print(f"{done}; log {run_dir / 'trajectory.jsonl'}")
     shutdown()
 
 

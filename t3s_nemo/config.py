@@ -94,6 +94,9 @@ class TrainConfig:
     log_interval: int = 1
     tensorboard: bool = True
     wandb_project: str = ""  # empty = no Weights & Biases
+    # end this launch after this step with a full checkpoint; the schedule still spans train.steps
+    # (online T3S trains in chunks: `resume=auto` continues bit-exactly)
+    stop_at: Optional[int] = None
 
 
 @dataclass
@@ -169,6 +172,17 @@ class PipelineConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """`t3s pipeline CONFIG pipeline.online=true`: find theta_b while the SFT run trains (docs/online.md)."""
+
+    eval_every: int = 10  # m: checkpoint and evaluate training accuracy every m steps
+    num_prompts: Optional[int] = 64  # the fixed subset of training prompts evaluated (null = all)
+    patience: int = 2  # evaluations after the rule's minimum that must not go below it before detection
+    restart: str = "theta0"  # masked training from theta0 (the paper) | current (the weights at detection)
+    force_step: Optional[int] = None  # detect at this step whatever the curve (tests; a multiple of eval_every)
+
+
+@dataclass
 class Config:
     run_dir: str = ""
     resume: str = "auto"  # auto (continue from the latest complete checkpoint) | never
@@ -182,6 +196,7 @@ class Config:
     bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -196,6 +211,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mask.rule": ("", "ar", "reverse", "dllm"),
     "generation.backend": ("auto", "transformers", "vllm"),
     "bottleneck.rule": ("argmin", "moving_average", "first_recovery"),
+    "online.restart": ("theta0", "current"),
 }
 
 MASK_RULES = ("ar", "reverse", "static-confidence", "static-confidence-low", "random")
@@ -205,12 +221,12 @@ POSITIVE: tuple[str, ...] = (
     "train.global_batch_size", "train.log_interval", "checkpoint.keep_last",
     "checkpoint.snapshot_keep_every", "generation.n", "generation.max_new_tokens",
     "generation.batch_size", "generation.tp", "bottleneck.window", "bottleneck.every",
-    "profile.micro_batch_size", "data.seq_length",
+    "profile.micro_batch_size", "data.seq_length", "online.eval_every",
 )
 NON_NEGATIVE: tuple[str, ...] = (
     "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.clip_grad",
     "checkpoint.save_interval", "checkpoint.snapshot_interval", "generation.temperature",
-    "mask.tau", "bottleneck.recovery", "bottleneck.margin",
+    "mask.tau", "bottleneck.recovery", "bottleneck.margin", "online.patience",
 )
 
 
@@ -349,6 +365,14 @@ def validate(cfg: Config) -> None:
             raise T3SError(f"config key 'pipeline.baselines': '{b}' is not one of {' | '.join(MASK_RULES)}")
     if cfg.pipeline.mask_rule not in MASK_RULES:
         raise T3SError(f"config key 'pipeline.mask_rule': '{cfg.pipeline.mask_rule}' is not one of {' | '.join(MASK_RULES)}")
+    if cfg.train.stop_at is not None and cfg.train.stop_at < 1:
+        raise T3SError(f"config key 'train.stop_at': must be >= 1 (or null), got {cfg.train.stop_at}")
+    o = cfg.online
+    if o.num_prompts is not None and o.num_prompts < 1:
+        raise T3SError(f"config key 'online.num_prompts': must be >= 1 (or null for all), got {o.num_prompts}")
+    if o.force_step is not None and (o.force_step < 1 or o.force_step % o.eval_every):
+        raise T3SError(f"config key 'online.force_step': must be a positive multiple of online.eval_every="
+                       f"{o.eval_every} (detection happens at evaluations), got {o.force_step}")
     if cfg.mask.channel and cfg.mask.rule:
         raise T3SError("config keys 'mask.channel' and 'mask.rule': set one, not both")
 
