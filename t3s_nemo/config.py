@@ -126,14 +126,14 @@ class MaskConfig:
 class GenerationConfig:
     """Sampling for the bottleneck search and evaluation."""
 
-    backend: str = "auto"  # auto (vllm on GPU if installed, else transformers) | transformers | vllm
+    backend: str = "auto"  # auto (vllm on GPU if installed, else transformers) | transformers | vllm | megatron
     n: int = 4  # samples per prompt
     temperature: float = 0.6
     top_p: float = 0.95
     max_new_tokens: int = 1024
     batch_size: int = 64  # prompts per generation batch (transformers backend)
     seed: int = 0
-    tp: int = 1  # vLLM tensor parallel size
+    tp: int = 1  # tensor parallel size of the vllm and megatron backends
 
 
 @dataclass
@@ -209,7 +209,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_decay": ("cosine", "linear", "constant"),
     "train.precision": ("auto", "bf16", "fp32"),
     "mask.rule": ("", "ar", "reverse", "dllm"),
-    "generation.backend": ("auto", "transformers", "vllm"),
+    "generation.backend": ("auto", "transformers", "vllm", "megatron"),
     "bottleneck.rule": ("argmin", "moving_average", "first_recovery"),
     "online.restart": ("theta0", "current"),
 }

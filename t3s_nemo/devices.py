@@ -79,6 +79,30 @@ class _NullStream:
         return False
 
 
+class _CpuEvent:
+    """Stands in for torch.cuda.Event: a host timestamp taken when recorded (CPU work is synchronous)."""
+
+    def __init__(self, *args, **kwargs):
+        self.t = None
+
+    def record(self, stream=None):
+        import time
+
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def wait(self, stream=None):
+        pass
+
+    def query(self):
+        return True
+
+    def elapsed_time(self, end) -> float:
+        return (end.t - self.t) * 1000.0  # milliseconds, as CUDA events report
+
+
 def _patch_thread_start() -> None:
     """Enter the function mode in every thread started after this (megatron's async writers, loaders)."""
     original = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
@@ -111,6 +135,7 @@ def install_cpu_mode() -> bool:
     torch.cuda.current_stream = lambda device=None: _NullStream()
     torch.cuda.default_stream = lambda device=None: _NullStream()
     torch.cuda.Stream = _NullStream
+    torch.cuda.Event = _CpuEvent
     torch.cuda.stream = lambda stream=None: contextlib.nullcontext()
     torch.cuda.device_count = lambda: 0
     torch.cuda.empty_cache = lambda: None

@@ -1,6 +1,7 @@
 """The Imitation Bottleneck theta_b: the trajectory snapshot with the lowest training accuracy.
 
-For each selected snapshot of a trajectory run: export it to a temporary Hugging Face directory, sample
+For each selected snapshot of a trajectory run: export it to a temporary Hugging Face directory (not
+with generation.backend=megatron, which samples from the snapshot itself), sample
 generation.n answers to the training prompts, verify them against the gold answers (math-verify), and
 save the result to RUN/bottleneck/step_N.json (a rerun skips those). A rule then picks theta_b on the
 accuracy curve, and a dip check refuses runs without an Imitation Shock (T3S does not apply to them).
@@ -200,16 +201,20 @@ def evaluate_snapshot(snapshot: Path, step: int, prompts: list[list[int]], answe
 
     t0 = time.monotonic()
     work_dir.mkdir(parents=True, exist_ok=True)
-    hf = Path(tempfile.mkdtemp(prefix=f".hf-step_{step}-", dir=work_dir))
-    try:
-        on_phase("export")
-        export_snapshot(snapshot, hf, tokenizer_dir)
+    settings = (gen["n"], gen["temperature"], gen["top_p"], gen["max_new_tokens"], gen["seed"], gen["batch_size"])
+    if gen["backend"] == "megatron":  # samples from the snapshot itself
         on_phase("generate")
-        samples = generate(hf, prompts, gen["n"], gen["temperature"], gen["top_p"], gen["max_new_tokens"],
-                           gen["seed"], gen["batch_size"], backend=gen["backend"], tp=gen["tp"],
-                           on_progress=on_progress)
-    finally:
-        shutil.rmtree(hf, ignore_errors=True)
+        samples = generate(snapshot, prompts, *settings, backend="megatron", tp=gen["tp"], on_progress=on_progress,
+                           tokenizer_dir=tokenizer_dir)
+    else:
+        hf = Path(tempfile.mkdtemp(prefix=f".hf-step_{step}-", dir=work_dir))
+        try:
+            on_phase("export")
+            export_snapshot(snapshot, hf, tokenizer_dir)
+            on_phase("generate")
+            samples = generate(hf, prompts, *settings, backend=gen["backend"], tp=gen["tp"], on_progress=on_progress)
+        finally:
+            shutil.rmtree(hf, ignore_errors=True)
     on_phase("verify")
     correct = [sum(is_correct(s.text, a) for s in ss) for ss, a in zip(samples, answers)]
     tokens = [s.num_tokens for ss in samples for s in ss]

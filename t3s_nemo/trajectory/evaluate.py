@@ -68,8 +68,9 @@ def read_benchmark(path: Path, problem_field: str, answer_field: str) -> list[di
     return items
 
 
-def _prepare_model(model: Path, tokenizer: Optional[Path], work: Path) -> tuple[Path, str]:
-    """(HF directory, tokenizer fingerprint) for a t3s checkpoint (exported) or an HF directory."""
+def _prepare_model(model: Path, tokenizer: Optional[Path], work: Path, export: bool = True) -> tuple[Path, Path, str]:
+    """(model to sample from, tokenizer directory, fingerprint) for a t3s checkpoint (exported to HF unless
+    export is False: backend=megatron samples from the checkpoint) or an HF directory."""
     from t3s_nemo.checkpoint import weights as W
     from t3s_nemo.data.tokenizer import fingerprint, load_tokenizer
     from t3s_nemo.trajectory.bottleneck import export_snapshot
@@ -80,12 +81,17 @@ def _prepare_model(model: Path, tokenizer: Optional[Path], work: Path) -> tuple[
         fp = fingerprint(load_tokenizer(tok_dir))
         if marker.get("tokenizer_fingerprint") and marker["tokenizer_fingerprint"] != fp:
             raise T3SError(f"{tok_dir}: not the tokenizer {model} was trained with (fingerprint differs)")
+        if not export:
+            return model, tok_dir, fp
         hf = work / "hf"
         export_snapshot(model, hf, tok_dir)
-        return hf, fp
+        return hf, hf, fp
     if (model / "config.json").is_file():
+        if not export:
+            raise T3SError(f"{model}: generation.backend=megatron samples from a t3s checkpoint; for a Hugging "
+                           "Face directory use transformers or vllm (or `t3s import` it first)")
         tok = load_tokenizer(tokenizer or model)
-        return model, fingerprint(tok)
+        return model, Path(tokenizer or model), fingerprint(tok)
     raise T3SError(f"{model}: neither a complete t3s checkpoint nor a Hugging Face model directory")
 
 
@@ -102,10 +108,10 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
     settings = {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
                 "max_new_tokens": gen.max_new_tokens, "seed": gen.seed, "backend": resolve_backend(gen.backend)}
     with tempfile.TemporaryDirectory(dir=out, prefix=".work-") as work:
-        hf_dir, fp = _prepare_model(model, tokenizer, Path(work))
-        tok = load_tokenizer(hf_dir)
+        hf_dir, tok_dir, fp = _prepare_model(model, tokenizer, Path(work), export=settings["backend"] != "megatron")
+        tok = load_tokenizer(tok_dir)
         if not getattr(tok, "chat_template", None):
-            raise T3SError(f"{hf_dir}: tokenizer has no chat template to format the problems with")
+            raise T3SError(f"{tok_dir}: tokenizer has no chat template to format the problems with")
         results = {"model": str(model), "tokenizer_fingerprint": fp, "generation": settings, "benchmarks": {}}
         for name, items in benches.items():
             path = out / f"{name}.jsonl"
@@ -125,7 +131,7 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
                         chunk, chunk_prompts = todo[i : i + step], prompts[i : i + step]
                         samples = generate(hf_dir, chunk_prompts, gen.n, gen.temperature, gen.top_p,
                                            gen.max_new_tokens, gen.seed + i, gen.batch_size,
-                                           backend=gen.backend, tp=gen.tp)
+                                           backend=gen.backend, tp=gen.tp, tokenizer_dir=tok_dir)
                         with open(path, "a", encoding="utf-8") as f:
                             for it, ss in zip(chunk, samples):
                                 rec = {"id": it["id"], "answer": it["answer"], "settings": settings,

@@ -3,10 +3,11 @@
 Backends:
     transformers  AutoModelForCausalLM + model.generate (KV cache, left padding); CPU or one GPU
     vllm          vLLM's offline LLM engine (tensor parallel); GPU, `pip install 't3s-nemo[eval]'`
+    megatron      megatron-core's inference engine on a t3s checkpoint (KV cache, tensor parallel), no
+                  export (t3s_nemo/trajectory/megatron_sampler.py); CPU or GPU
     auto          vllm when CUDA is there and vllm imports, else transformers
 
-An in-framework megatron-core sampler (generation straight from a distributed checkpoint) is not
-written yet; checkpoints are exported to a Hugging Face directory first.
+transformers and vllm read an exported Hugging Face directory; megatron reads the t3s checkpoint itself.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable, Optional, Sequence
 
 from t3s_nemo.errors import T3SError
 
-BACKENDS = ("auto", "transformers", "vllm")
+BACKENDS = ("auto", "transformers", "vllm", "megatron")
 
 
 @dataclass
@@ -59,8 +60,12 @@ def generate(
     backend: str = "auto",
     tp: int = 1,
     on_progress: Optional[Callable[[int], None]] = None,
+    tokenizer_dir: Optional[Path] = None,
 ) -> list[list[Sample]]:
     """n samples for every prompt (result[i][k] = sample k of prompt i); temperature 0 = greedy.
+
+    hf_dir is a Hugging Face model directory, or a t3s checkpoint for backend=megatron (tokenizer_dir:
+    its tokenizer, default the one its marker names).
 
     on_progress(k) is called with the number of prompts finished since the last call.
     """
@@ -72,6 +77,14 @@ def generate(
         raise T3SError("generation: an empty prompt (no tokens) cannot be sampled from")
     prompts = [list(map(int, p)) for p in prompts_token_ids]
     which = resolve_backend(backend)
+    if which == "megatron":
+        from t3s_nemo.trajectory.megatron_sampler import sample_checkpoint
+
+        out = sample_checkpoint(Path(hf_dir), prompts, n, temperature, top_p, max_new_tokens, seed, batch_size, tp,
+                                tokenizer_dir)
+        if on_progress:
+            on_progress(len(prompts))
+        return out
     if which == "vllm":
         return _generate_vllm(Path(hf_dir), prompts, n, temperature, top_p, max_new_tokens, seed, tp, on_progress)
     return _generate_transformers(Path(hf_dir), prompts, n, temperature, top_p, max_new_tokens, seed, batch_size,

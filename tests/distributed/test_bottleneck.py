@@ -204,8 +204,8 @@ def test_only_generation_and_bottleneck_keys_can_be_overridden(tiny_data, tmp_pa
         run_bottleneck(run, ["train.lr=1.0"])
     with pytest.raises(T3SError, match="unknown config key 'bottleneck.windw'"):
         run_bottleneck(run, ["bottleneck.windw=3"])
-    with pytest.raises(T3SError, match=re.escape("'generation.backend': 'megatron' is not one of auto | transformers | vllm")):
-        run_bottleneck(run, ["generation.backend=megatron"])
+    with pytest.raises(T3SError, match=re.escape("'generation.backend': 'sglang' is not one of auto | transformers | vllm | megatron")):
+        run_bottleneck(run, ["generation.backend=sglang"])
 
 
 # ---- end to end on a real trajectory run --------------------------------------------------------------------

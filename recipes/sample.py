@@ -1,0 +1,149 @@
+"""Sample answers straight from a t3s checkpoint with megatron-core's inference engine. Every rank runs it.
+
+    torchrun --nproc-per-node N -m t3s_nemo.recipes.sample --checkpoint CKPT --prompts PROMPTS.json
+        --out OUT.json --eos ID [--num-samples 4 --temperature 0.6 --top-p 0.95 --max-new-tokens 1024 --seed 0
+        --batch-size 64] [parallel.tp=N]
+
+PROMPTS.json is a list of prompts, each a list of token ids. OUT.json (rank 0, written atomically) holds
+{"samples": [[ids of sample 1, ...] per prompt], "seconds", "generated_tokens"}; a sample ends after its
+first eos or after max-new-tokens. This is generation.backend=megatron of `t3s bottleneck` and `t3s eval`:
+no Hugging Face export, the checkpoint loads at any saved layout into tensor-parallel ranks, and
+megatron-core's static inference engine keeps a KV cache. Temperature 0 is greedy decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from t3s_nemo.console import exit_on_user_error
+from t3s_nemo.errors import T3SError
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="t3s_nemo.recipes.sample", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--eos", type=int, required=True)
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("overrides", nargs="*", help="parallel.tp=.. model.spec=..")
+    return p.parse_args(argv)
+
+
+class _TokenIds:
+    """The tokenizer interface megatron-core's text generation controller calls: ids in, ids out.
+
+    Prompts arrive as token ids and texts are decoded by the caller with the dataset's tokenizer, so only
+    the end-of-sequence id (termination and padding) matters here.
+    """
+
+    def __init__(self, eos: int, vocab_size: int):
+        self.eod = eos
+        self.pad = eos
+        self.bos = None
+        self.vocab_size = vocab_size
+
+    def tokenize(self, text):  # never called: requests carry token ids
+        raise NotImplementedError("prompts are token ids")
+
+    def detokenize(self, ids, **kwargs) -> str:
+        return ""
+
+
+def main(argv=None) -> None:
+    from megatron.core import parallel_state as ps
+    from megatron.core.inference.contexts import StaticInferenceContext
+    from megatron.core.inference.engines.static_engine import StaticInferenceEngine
+    from megatron.core.inference.inference_request import InferenceRequest
+    from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import GPTInferenceWrapper
+    from megatron.core.inference.sampling_params import SamplingParams
+    from megatron.core.inference.text_generation_controllers.text_generation_controller import (
+        TextGenerationController,
+    )
+
+    from t3s_nemo.checkpoint import weights as W
+    from t3s_nemo.checkpoint.consolidate import config_for
+    from t3s_nemo.config import replace
+    from t3s_nemo.io import atomic_write_json, read_json
+    from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
+    from t3s_nemo.training.setup import build_model
+
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    if a.num_samples < 1 or a.max_new_tokens < 1 or a.batch_size < 1:
+        raise T3SError(f"--num-samples, --max-new-tokens and --batch-size must be >= 1 (got {a.num_samples}, {a.max_new_tokens}, {a.batch_size})")
+    prompts = read_json(Path(a.prompts), "prompts")
+    if not isinstance(prompts, list) or not all(isinstance(p, list) and p for p in prompts):
+        raise T3SError(f"{a.prompts}: expected a JSON list of non-empty token-id lists")
+    env = init_distributed()
+    marker = W.read_marker(a.checkpoint)
+    cfg = config_for(marker)
+    cfg.train.precision = "auto"
+    cfg = replace(cfg, dict(o.split("=", 1) for o in a.overrides)) if a.overrides else cfg
+    if cfg.parallel.pp != 1 or cfg.parallel.cp != 1:
+        raise T3SError("generation.backend=megatron samples with tensor parallelism only (parallel.pp=1, cp=1)")
+    if env.world_size % cfg.parallel.tp:
+        raise T3SError(f"parallel.tp={cfg.parallel.tp} does not divide the world size {env.world_size}")
+    init_model_parallel(cfg.parallel)
+    max_len = max(len(p) for p in prompts) + a.max_new_tokens
+    bundle = build_model(cfg, marker["padded_vocab_size"], max_len)
+    W.load_weights(bundle.chunks, a.checkpoint, expect_vocab=bundle.vocab_size)
+    model = bundle.chunks[0]
+    model.eval()
+
+    # data parallel over the prompts: each replica samples its share, rank 0 gathers
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    mine = list(range(dp_rank, len(prompts), dp))
+    batch = max(1, min(a.batch_size * a.num_samples, len(mine) * a.num_samples))
+    context = StaticInferenceContext(max_batch_size=batch, max_sequence_length=max_len)
+    controller = TextGenerationController(GPTInferenceWrapper(model, context),
+                                          _TokenIds(a.eos, bundle.vocab_size))
+    # every TP rank draws the same tokens from the same seed (megatron keeps the TP ranks in step)
+    engine = StaticInferenceEngine(controller, max_batch_size=batch, random_seed=a.seed + 1 + dp_rank, legacy=True)
+    if a.temperature == 0:
+        params = SamplingParams(temperature=1.0, top_k=1, num_tokens_to_generate=a.max_new_tokens)
+    else:
+        params = SamplingParams(temperature=a.temperature, top_p=a.top_p, num_tokens_to_generate=a.max_new_tokens)
+    params.termination_id = a.eos
+    requests = [InferenceRequest(request_id=k, prompt="", prompt_tokens=list(map(int, prompts[i])),
+                                 sampling_params=params) for k, i in enumerate(i for i in mine for _ in range(a.num_samples))]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        done = engine.generate(inference_requests=requests) if requests else []
+    seconds = time.perf_counter() - t0
+    out: dict[int, list[list[int]]] = {i: [] for i in mine}
+    for k, r in enumerate(done):
+        ids = [int(t) for t in torch.as_tensor(r.generated_tokens).tolist()]
+        if a.eos in ids:
+            ids = ids[: ids.index(a.eos) + 1]
+        out[mine[k // a.num_samples]].append(ids)
+
+    gathered = [None] * env.world_size if env.is_main else None
+    torch.distributed.gather_object(out, gathered, dst=0)
+    if env.is_main:
+        merged = {}
+        for part in gathered:
+            merged.update(part)
+        samples = [merged[i] for i in range(len(prompts))]
+        atomic_write_json(Path(a.out), {"samples": samples, "seconds": seconds,
+                                         "generated_tokens": sum(len(s) for ss in samples for s in ss)})
+    shutdown()
+
+
+def cli_main() -> None:
+    exit_on_user_error(main)
+
+
+if __name__ == "__main__":
+    cli_main()
