@@ -11,6 +11,7 @@ rank finish.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from pathlib import Path
@@ -25,8 +26,9 @@ from t3s_nemo.errors import T3SError
 from t3s_nemo.io import atomic_write_json
 
 # 'fully_reshardable' optimizer state loads at any TP/PP/DP layout (megatron 0.19's default,
-# 'fully_sharded_model_space', rejects the flattened ranges its own distributed optimizer produces).
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+# 'fully_sharded_model_space', rejects the flattened ranges its own distributed optimizer produces;
+# 'dp_reshardable' loads at the same TP/PP only). See _loadable_without_step for its torch-Adam fix.
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 _STEP_DIR = re.compile(r"^(?:step|iter)_(\d+)$")
 
 
@@ -207,7 +209,7 @@ class CheckpointManager:
         keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
         for chunk, key in zip(chunks, keys):
             chunk.load_state_dict(loaded[key])
-        with torch.no_grad():  # fp32 runs: the optimizer's main params are views of the model's leaves
+        with torch.no_grad(), _loadable_without_step(optimizer):  # fp32: main params are views of the leaves
             optimizer.load_state_dict(loaded["optimizer"])
         _set_adam_steps(optimizer, loaded["adam_step"])
         scheduler.load_state_dict(loaded["scheduler"])
@@ -307,6 +309,38 @@ def _prime_adam_state(optimizer) -> None:
                 if not inner.state[p]:
                     inner.state[p] = {"step": torch.zeros((), dtype=torch.float32),
                                       "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+
+@contextlib.contextmanager
+def _loadable_without_step(optimizer):
+    """Let megatron 0.19 load 'fully_reshardable' state into torch's Adam (no Transformer Engine / apex).
+
+    Its loader drops Adam's per-parameter `step` from what it read, then copies every tensor of the
+    parameter's current state from that dict and fails on the missing 'step' (KeyError). While loading,
+    each DistributedOptimizer instance here is given a wrapper that passes the current step back in (a
+    copy onto itself); _set_adam_steps then restores the saved step. Instance attributes only: the class
+    and other optimizers are untouched, and the wrappers are removed afterwards.
+    """
+    wrapped = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        original = getattr(opt, "_set_main_param_and_optimizer_states", None)
+        if original is None or not isinstance(getattr(opt, "optimizer", None), torch.optim.Optimizer):
+            continue
+
+        def with_step(model_param, tensors, _opt=opt, _original=original):
+            group, order = _opt.model_param_group_index_map[model_param]
+            state = _opt.optimizer.state[_opt.optimizer.param_groups[group]["params"][order]]
+            if isinstance(state.get("step"), torch.Tensor) and "step" not in tensors:
+                tensors = dict(tensors, step=state["step"])
+            return _original(model_param, tensors)
+
+        opt._set_main_param_and_optimizer_states = with_step
+        wrapped.append(opt)
+    try:
+        yield
+    finally:
+        for opt in wrapped:
+            del opt._set_main_param_and_optimizer_states
 
 
 def _torch_optimizers(optimizer):

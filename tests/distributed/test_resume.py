@@ -81,3 +81,19 @@ def test_sigusr1_saves_a_checkpoint_and_exits_75_then_resumes(tiny_data, tmp_pat
     assert 3 <= step < 40
     resumed = train(run_dir, tiny_data, *args)
     assert [r["step"] for r in resumed] == list(range(1, 41))
+
+
+def test_full_checkpoint_resumes_at_another_layout(tiny_data, tmp_path):
+    # 2 steps at TP=2, then on at PP=2, then on in one process: the losses follow an uninterrupted
+    # single-process run (to float tolerance: layouts reduce in different orders). A constant LR: each
+    # segment sets another train.steps, and a resumed run keeps the checkpoint's LR schedule.
+    args = ("train.global_batch_size=2", "checkpoint.save_interval=0", "train.lr_decay=constant",
+            "train.warmup_steps=0")
+    reference = train(tmp_path / "ref", tiny_data, "train.steps=6", *args)
+    run_dir = tmp_path / "run"
+    train(run_dir, tiny_data, "train.steps=2", "parallel.tp=2", *args, nproc=2)
+    train(run_dir, tiny_data, "train.steps=4", "parallel.pp=2", *args, nproc=2)
+    resumed = train(run_dir, tiny_data, "train.steps=6", *args)
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in reference], abs=1e-5)
+    assert [r["grad_norm"] for r in resumed] == pytest.approx([r["grad_norm"] for r in reference], rel=1e-4)
