@@ -79,3 +79,13 @@ def write_jsonl():
         return path
 
     return write
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist (`-n`, on by default in pyproject.toml), keep each test file on one worker, so its
+    module-scoped reference runs are made once, and every Slurm test on the same worker, so one test
+    cluster serves them all (`--dist loadgroup`)."""
+    for item in items:
+        path = Path(str(item.fspath))
+        group = "slurm" if "slurm" in path.parent.parts else path.name
+        item.add_marker(pytest.mark.xdist_group(group))
