@@ -56,3 +56,16 @@ def test_weights_are_inverse_noise_level():
     noise = torch.tensor([[True, False, True]])
     t = torch.tensor([[0.5, 0.25, 0.1]])
     assert torch.allclose(loss_weight(noise, t), torch.tensor([[2.0, 0.0, 10.0]]))
+
+
+def test_train_recipe_refuses_dllm_until_wired(tmp_path):
+    import pytest
+
+    from recipes.train import parse_args
+    from t3s_nemo.errors import T3SError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  path: {tmp_path / 'd'}\n")
+    with pytest.raises(T3SError, match="objective=dllm"):
+        parse_args(["--mode", "sft", str(cfg), "model.objective=dllm"])
+    assert parse_args(["--mode", "sft", str(cfg)])[0] == "sft"
