@@ -37,11 +37,13 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     cfg: Config = load_config(config, overrides)
     if not cfg.run_dir:
         raise T3SError("config key 'run_dir' is required")
-    if cfg.pipeline.online:
-        raise T3SError("config key 'pipeline.online': online mode is not available yet in this version")
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, root / "config.yaml")
+    if cfg.pipeline.online:  # theta_b found while the SFT run trains (docs/online.md)
+        from t3s_nemo.trajectory.online import run_online
+
+        return run_online(cfg, root, nproc, force)
     sft_dir = root / "sft"
     sft_steps = cfg.pipeline.sft_steps or cfg.train.steps
     base_args = [str(root / "config.yaml")]
