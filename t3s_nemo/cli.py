@@ -361,6 +361,8 @@ def pipeline(
     Each stage is skipped when its output is complete, so rerunning the same command resumes. Keys:
     pipeline.mask_rule (ar), pipeline.baselines (reverse, static-confidence, random), pipeline.rrt,
     pipeline.sft_steps (the trajectory run's length; train.steps is the retraining's).
+    pipeline.online=true: online T3S, theta_b detected while SFT trains (online.eval_every, online.patience,
+    online.num_prompts, online.restart=theta0|current; docs/online.md).
     """
     from t3s_nemo.trajectory.pipeline import run_pipeline
 
