@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,11 +38,6 @@ def parse_args(argv: list[str]) -> tuple[str, Config]:
     if a.mode == "train" and not (cfg.mask.channel or cfg.mask.rule):
         raise T3SError("`t3s train` trains with a T3S mask: set mask.channel (e.g. t3s_mask) or mask.rule "
                        "(ar | reverse); use `t3s sft` for plain SFT")
-    if cfg.model.objective == "dllm":
-        # the masked-diffusion objective (t3s_nemo/dllm/objective.py) is not wired into this loop yet:
-        # refuse rather than silently train next-token prediction under a dllm label
-        raise T3SError("model.objective=dllm: training a dLLM is not implemented yet (see docs/dllm.md); "
-                       "use model.objective=ar")
     return a.mode, cfg
 
 
@@ -114,11 +110,23 @@ def main(argv: list[str] | None = None) -> None:
     init_model_parallel(cfg.parallel)
     run_dir = Path(cfg.run_dir)
     packed = PackedDataset(ensure_packed(cfg, env.is_main))
-    bins = tdata.open_training_data(cfg, packed)
+    dllm = cfg.model.objective == "dllm"
+    vocab = packed.vocab_size
+    if dllm:  # masked diffusion (t3s_nemo/dllm/training.py): unshifted data, a mask token, bidirectional
+        from t3s_nemo.dllm import training as dtrain
+
+        bins = dtrain.open_dllm_data(cfg, packed)
+        cfg.model.mask_token_id = dtrain.choose_mask_token(packed, cfg.model.mask_token_id)
+        vocab = dtrain.model_vocab_size(packed, cfg.model.mask_token_id)
+        forward_step = partial(dtrain.dllm_forward_step, mask_token_id=cfg.model.mask_token_id,
+                               eps=cfg.model.noise_eps)
+    else:
+        bins = tdata.open_training_data(cfg, packed)
+        forward_step = t3s_forward_step
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    bundle = build_model(cfg, packed.vocab_size, packed.seq_length)
+    bundle = build_model(cfg, vocab, packed.seq_length, bidirectional=dllm)
     ckpt = manager.CheckpointManager(run_dir, cfg.checkpoint, bundle, packed, cfg)
     model = wrap_ddp(bundle, cfg)
     optimizer = build_optimizer(model, cfg, bundle.dtype)
@@ -167,11 +175,13 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(start, end):
         t0 = time.perf_counter()
         batches = tdata.micro_batches(bins, sampler, step, dp_rank, dp, cfg.train.micro_batch_size)
+        if dllm:  # the step's noise is a function of (seed, step, dp rank): resume redraws it exactly
+            dtrain.add_noise_seeds(batches, cfg.train.seed, step, dp_rank)
         for m in model:
             m.zero_grad_buffer()
         optimizer.zero_grad()
         reports = forward_backward(
-            forward_step_func=t3s_forward_step,
+            forward_step_func=forward_step,
             data_iterator=[iter(batches) for _ in model] if len(model) > 1 else iter(batches),
             model=model,
             num_microbatches=nmb,
@@ -182,10 +192,12 @@ def main(argv: list[str] | None = None) -> None:
         ok, grad_norm, _ = optimizer.step()
         scheduler.step(increment=1)
 
-        stats = torch.zeros(4, dtype=torch.float64)
+        stats = torch.zeros(5, dtype=torch.float64)
         if reporter:
             for r in reports:
                 stats[:2] += r["loss_sum_and_count"].double().cpu()
+                if dllm:
+                    stats[4] += float(r["noised_tokens"])
             stats[2] = sum(float((b["segment_ids"] >= 0).sum()) for b in batches)
             stats[3] = sum(float(b["response_mask"].sum()) for b in batches)
         dist.all_reduce(stats)
@@ -194,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - t0
         ckpt_seconds = time.perf_counter() - t_ckpt
         if env.is_main:
-            loss_sum, count, tokens, response = stats.tolist()
+            loss_sum, count, tokens, response, noised = stats.tolist()
             tps = tokens / seconds
             rec = {
                 "step": step + 1,
@@ -205,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
                 "tokens": int(tokens),
                 "tokens_per_s": tps,
                 "mfu": tps * flops_tok / (peak * env.world_size) if peak else None,
-                "masked_fraction": 1.0 - count / response if response else 0.0,
+                # AR: the fraction of response tokens the T3S mask drops; dllm: the realised noised fraction
+                "masked_fraction": (noised if dllm else response - count) / response if response else 0.0,
                 "epoch": sampler.epoch_of(step + 1),
                 "skipped": not ok,
                 "seconds": seconds,

@@ -49,6 +49,10 @@ class ModelConfig:
     spec: str = "auto"  # auto (TE when it imports) | te | local
     objective: str = "ar"  # ar (next-token) | dllm (masked diffusion, issue 7)
     recompute: str = "none"  # none | selective | full activation recomputation
+    # dllm only: the mask token (null = the tokenizer's mask token, else len(tokenizer), an extra id;
+    # the chosen id is written back to config.yaml) and the lowest noise level t ~ U(noise_eps, 1)
+    mask_token_id: Optional[int] = None
+    noise_eps: float = 1e-3
     # Shape overrides (null = the preset's value).
     num_layers: Optional[int] = None
     hidden_size: Optional[int] = None

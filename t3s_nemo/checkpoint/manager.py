@@ -89,6 +89,7 @@ class CheckpointManager:
             "dtype": str(self.bundle.dtype).replace("torch.", ""),
             "saved_layout": _layout(),
             "objective": self.cfg.model.objective,
+            "mask_token_id": self.cfg.model.mask_token_id,  # dllm: the id the sampler must use
             "t3s_nemo": __version__,
         }
 

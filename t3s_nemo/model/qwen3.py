@@ -123,8 +123,25 @@ def transformer_config(shape: Shape, parallel, *, dtype: torch.dtype, use_cpu_in
     )
 
 
-def layer_spec(spec: str = "auto"):
-    """Transformer Engine spec when TE imports (or spec='te'), megatron-core's local spec otherwise."""
+def layer_spec(spec: str = "auto", bidirectional: bool = False):
+    """Transformer Engine spec when TE imports (or spec='te'), megatron-core's local spec otherwise.
+
+    bidirectional: non-causal self-attention (the dLLM objective); examples stay separated by the
+    block-diagonal mask (local) or cu_seqlens (TE, THD).
+    """
+    spec_, use_te = _layer_spec(spec)
+    if bidirectional:
+        import copy
+
+        from megatron.core.transformer.enums import AttnMaskType
+
+        spec_ = copy.deepcopy(spec_)
+        spec_.submodules.self_attention.params = {**spec_.submodules.self_attention.params,
+                                                  "attn_mask_type": AttnMaskType.padding}
+    return spec_, use_te
+
+
+def _layer_spec(spec: str):
     from t3s_nemo.devices import te_available
 
     use_te = spec == "te" or (spec == "auto" and te_available())

@@ -58,7 +58,7 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
     tconfig = qwen3.transformer_config(
         shape, cfg.parallel, dtype=dtype, use_cpu_init=True, recompute=cfg.model.recompute,
     )
-    spec, use_te = qwen3.layer_spec(cfg.model.spec)
+    spec, use_te = qwen3.layer_spec(cfg.model.spec, bidirectional=bidirectional)
     torch.manual_seed(cfg.train.seed)
     model_parallel_cuda_manual_seed(cfg.train.seed)
     chunks = []
