@@ -58,14 +58,66 @@ def test_weights_are_inverse_noise_level():
     assert torch.allclose(loss_weight(noise, t), torch.tensor([[2.0, 0.0, 10.0]]))
 
 
-def test_train_recipe_refuses_dllm_until_wired(tmp_path):
+def test_dllm_bins_are_unshifted_and_carry_targets(packed_copy):
+    """Labels are the tokens themselves; response mask and targets sit on the token they describe."""
+    import numpy as np
+
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.dllm.training import DllmBins
+
+    ds = PackedDataset(packed_copy)
+    rng = np.random.default_rng(0)
+    values = {eid: rng.integers(0, 2, len(ds.read_example(i)) - int(ds.prompt_lengths[i])).astype(np.uint8)
+              for i, eid in enumerate(ds.ids)}
+    ds.add_channel("dllm_targets", values, "uint8", span="response")
+    item = DllmBins(PackedDataset(packed_copy), target_channel="dllm_targets")[0]
+    assert torch.equal(item["labels"], item["tokens"])
+    r = PackedDataset(packed_copy).bin_range(0)
+    first = r.start
+    n, p = len(ds.read_example(first)), int(ds.prompt_lengths[first])
+    assert item["response_mask"][:p].sum() == 0 and item["response_mask"][p:n].sum() == n - p
+    assert torch.equal(item["targets"][p:n], torch.from_numpy(values[ds.ids[first]]).float())
+    assert item["targets"][:p].sum() == 0
+
+
+def test_mask_token_is_an_extra_id_when_the_tokenizer_has_none(demo_packed):
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.dllm.training import choose_mask_token, model_vocab_size
+
+    ds = PackedDataset(demo_packed[0])
+    mid = choose_mask_token(ds)  # the demo tokenizer has no mask token
+    assert mid == ds.vocab_size and model_vocab_size(ds, mid) == ds.vocab_size + 1
+    assert choose_mask_token(ds, 7) == 7 and model_vocab_size(ds, 7) == ds.vocab_size
+
+
+def test_noise_is_a_function_of_seed_step_and_rank(demo_packed):
+    from t3s_nemo.data.dataset import collate
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.dllm.training import DllmBins, add_noise_seeds, noise_batch
+
+    bins = DllmBins(PackedDataset(demo_packed[0]))
+
+    def noised(step, rank):
+        (b,) = add_noise_seeds([collate([bins[0], bins[1]])], 5, step, rank)
+        return noise_batch(b, mask_token_id=999, eps=1e-3), b
+
+    (a, batch), (b, _), (c, _), (d, _) = noised(3, 0), noised(3, 0), noised(4, 0), noised(3, 1)
+    assert torch.equal(a["input_ids"], b["input_ids"])  # a resumed step redraws the same noise
+    assert not torch.equal(a["input_ids"], c["input_ids"]) and not torch.equal(a["input_ids"], d["input_ids"])
+    hit = a["input_ids"] == 999
+    assert hit.any() and not (hit & (batch["response_mask"] == 0)).any()  # never the prompt
+    assert torch.equal(hit, a["loss_weight"] > 0) and a["noised_tokens"] == hit.sum()
+
+
+def test_dllm_refuses_ar_mask_rules(demo_packed):
     import pytest
 
-    from recipes.train import parse_args
+    from t3s_nemo.config import Config
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.dllm.training import open_dllm_data
     from t3s_nemo.errors import T3SError
 
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  path: {tmp_path / 'd'}\n")
-    with pytest.raises(T3SError, match="objective=dllm"):
-        parse_args(["--mode", "sft", str(cfg), "model.objective=dllm"])
-    assert parse_args(["--mode", "sft", str(cfg)])[0] == "sft"
+    cfg = Config()
+    cfg.mask.rule = "ar"
+    with pytest.raises(T3SError, match="mask.rule"):
+        open_dllm_data(cfg, PackedDataset(demo_packed[0]))
