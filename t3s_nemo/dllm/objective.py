@@ -7,8 +7,8 @@ L = response length). For T3S, the noise mask is `random_mask OR targets`, targe
 from `t3s mask --rule dllm`; the realised masked fraction is reported because the union is no longer
 t in expectation.
 
-Only the pure-torch parts live here; wiring into the training recipe and a sampler are not done yet
-(see the report in docs/dllm.md).
+Only the pure-torch parts live here; t3s_nemo/dllm/training.py wires them into the training recipe
+(model.objective=dllm). A dLLM sampler is not done yet (docs/dllm.md).
 """
 
 from __future__ import annotations
