@@ -1,5 +1,6 @@
 """The tiny dLLM (masked diffusion) on the real engine: trains from the CLI and its loss decreases, TP=2
-(torchrun, 2 gloo processes) gives the single process's per-step losses, attention is bidirectional."""
+(torchrun, 2 gloo processes) gives the single process's per-step losses, attention is bidirectional, the
+block-wise remasking sampler fills every masked position and counts tokens."""
 
 import json
 import shutil
@@ -63,11 +64,26 @@ def test_tp2_matches_single_process(single, dllm_data, tmp_path):
         assert a["masked_fraction"] == b["masked_fraction"]  # the same noise on both TP ranks and layouts
 
 
-def test_attention_is_bidirectional_within_an_example_only(tiny_data):
+@pytest.fixture(scope="module")
+def checks(tiny_data):
+    """One subprocess with a real bidirectional GPTModel (random init): attention and sampler checks."""
     p = run([sys.executable, str(REPO / "tests" / "distributed" / "scripts" / "dllm_checks.py"), str(tiny_data)])
-    r = json.loads(p.stdout.split("RESULT ", 1)[1])
+    return json.loads(p.stdout.split("RESULT ", 1)[1])
+
+
+def test_attention_is_bidirectional_within_an_example_only(checks):
+    r = checks
     # changing the last token of example 0 changes the logits of every earlier position of example 0 ...
     assert r["example0_first_position_change"] > 1e-5
     assert r["example0_earlier_positions_changed"] == r["example0_earlier_positions"]
     # ... and nothing of the next example packed in the same bin
     assert r["example1_max_change"] == 0.0
+
+
+def test_sampler_fills_the_answer_and_counts_tokens(checks):
+    r = checks
+    assert r["sample_len"] == 16 and r["sample_num_tokens"] == 16  # no EOS: all gen_length tokens count
+    assert not r["sample_has_mask"] and r["sample_max_id"] < r["vocab"]  # real tokens only
+    assert r["sample_deterministic"] and r["sample_hot_differs"]  # greedy repeats; temperature 1 samples
+    # with an EOS: the answer stops before it, and the count includes it (as for AR samples)
+    assert r["eos_tokens"] == r["eos_first_index"] and r["eos_num_tokens"] == r["eos_first_index"] + 1

@@ -47,6 +47,25 @@ def main() -> None:
         # the next packed example does not see it: block-diagonal
         "example1_max_change": float((new[0, end0:end1] - ref[0, end0:end1]).abs().max()),
     }
+
+    # the sampler (block-wise low-confidence remasking) fills every masked position with a real token
+    from t3s_nemo.dllm.sampler import sample
+
+    mask_id = choose_mask_token(packed)
+    prompt = batch["tokens"][0, : int(batch["response_mask"][0].nonzero()[0])].tolist()
+    kw = dict(mask_token_id=mask_id, vocab_size=packed.vocab_size, gen_length=16, block_length=8, steps_per_block=4)
+    greedy = sample(model, prompt, **kw)
+    again = sample(model, prompt, **kw)
+    hot = sample(model, prompt, **kw, temperature=1.0, seed=1)
+    eos = greedy.tokens[5]
+    cut = sample(model, prompt, **kw, eos_id=eos)
+    out.update({
+        "sample_len": len(greedy.tokens), "sample_num_tokens": greedy.num_tokens,
+        "sample_has_mask": mask_id in greedy.tokens + hot.tokens,
+        "sample_max_id": max(greedy.tokens + hot.tokens), "vocab": packed.vocab_size,
+        "sample_deterministic": greedy.tokens == again.tokens, "sample_hot_differs": hot.tokens != greedy.tokens,
+        "eos_first_index": greedy.tokens.index(eos), "eos_num_tokens": cut.num_tokens, "eos_tokens": len(cut.tokens),
+    })
     print("RESULT " + json.dumps(out))
 
 
