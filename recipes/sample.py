@@ -9,6 +9,10 @@ PROMPTS.json is a list of prompts, each a list of token ids. OUT.json (rank 0, w
 first eos or after max-new-tokens. This is generation.backend=megatron of `t3s bottleneck` and `t3s eval`:
 no Hugging Face export, the checkpoint loads at any saved layout into tensor-parallel ranks, and
 megatron-core's static inference engine keeps a KV cache. Temperature 0 is greedy decoding.
+
+A dLLM checkpoint (marker objective=dllm) is sampled with LLaDA's block-wise low-confidence remasking
+instead (t3s_nemo/dllm/sampler.py; the marker's mask_token_id; --dllm-block-length, --dllm-steps-per-block;
+the answer length is max-new-tokens rounded up to a whole block; top-p is not used).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ def parse_args(argv):
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dllm-block-length", type=int, default=32, help="dLLM checkpoints: tokens per block")
+    p.add_argument("--dllm-steps-per-block", type=int, default=32,
+                   help="dLLM checkpoints: forward passes per block (block length = one token per pass)")
     p.add_argument("overrides", nargs="*", help="parallel.tp=.. model.spec=..")
     return p.parse_args(argv)
 
@@ -76,7 +83,7 @@ def main(argv=None) -> None:
     from t3s_nemo.checkpoint import weights as W
     from t3s_nemo.checkpoint.consolidate import config_for
     from t3s_nemo.config import replace
-    from t3s_nemo.io import atomic_write_json, read_json
+    from t3s_nemo.io import read_json
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
     from t3s_nemo.training.setup import build_model
 
@@ -97,7 +104,8 @@ def main(argv=None) -> None:
         raise T3SError(f"parallel.tp={cfg.parallel.tp} does not divide the world size {env.world_size}")
     init_model_parallel(cfg.parallel)
     max_len = max(len(p) for p in prompts) + a.max_new_tokens
-    bundle = build_model(cfg, marker["padded_vocab_size"], max_len)
+    dllm = marker.get("objective", "ar") == "dllm"
+    bundle = build_model(cfg, marker["padded_vocab_size"], max_len, bidirectional=dllm)
     W.load_weights(bundle.chunks, a.checkpoint, expect_vocab=bundle.vocab_size)
     model = bundle.chunks[0]
     model.eval()
@@ -105,6 +113,13 @@ def main(argv=None) -> None:
     # data parallel over the prompts: each replica samples its share, rank 0 gathers
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     mine = list(range(dp_rank, len(prompts), dp))
+    if dllm:
+        t0 = time.perf_counter()
+        out = _sample_dllm(model, marker, prompts, mine, a)
+        seconds = time.perf_counter() - t0
+        _write(env, out, prompts, seconds, a)
+        shutdown()
+        return
     batch = max(1, min(a.batch_size * a.num_samples, len(mine) * a.num_samples))
     context = StaticInferenceContext(max_batch_size=batch, max_sequence_length=max_len)
     controller = TextGenerationController(GPTInferenceWrapper(model, context),
@@ -129,6 +144,14 @@ def main(argv=None) -> None:
             ids = ids[: ids.index(a.eos) + 1]
         out[mine[k // a.num_samples]].append(ids)
 
+    _write(env, out, prompts, seconds, a)
+    shutdown()
+
+
+def _write(env, out: dict, prompts: list, seconds: float, a) -> None:
+    """Rank 0 gathers every replica's samples and writes OUT.json atomically."""
+    from t3s_nemo.io import atomic_write_json
+
     gathered = [None] * env.world_size if env.is_main else None
     torch.distributed.gather_object(out, gathered, dst=0)
     if env.is_main:
@@ -138,7 +161,29 @@ def main(argv=None) -> None:
         samples = [merged[i] for i in range(len(prompts))]
         atomic_write_json(Path(a.out), {"samples": samples, "seconds": seconds,
                                          "generated_tokens": sum(len(s) for ss in samples for s in ss)})
-    shutdown()
+
+
+def _sample_dllm(model, marker: dict, prompts: list, mine: list[int], a) -> dict[int, list[list[int]]]:
+    """num_samples answers per prompt of this replica from a dLLM checkpoint (ids up to and with eos)."""
+    from t3s_nemo.data.tokenizer import load_tokenizer
+    from t3s_nemo.dllm.sampler import sample
+
+    if marker.get("mask_token_id") is None:
+        raise T3SError(f"{a.checkpoint}: a dllm checkpoint without mask_token_id in its marker (t3s.json)")
+    block = min(a.dllm_block_length, a.max_new_tokens)
+    gen_length = -(-a.max_new_tokens // block) * block
+    vocab = len(load_tokenizer(marker.get("tokenizer", "")))
+    out: dict[int, list[list[int]]] = {}
+    for i in mine:
+        out[i] = []
+        for k in range(a.num_samples):
+            s = sample(model, [int(t) for t in prompts[i]], mask_token_id=int(marker["mask_token_id"]),
+                       vocab_size=vocab, gen_length=gen_length, block_length=block,
+                       steps_per_block=a.dllm_steps_per_block, temperature=a.temperature, eos_id=a.eos,
+                       seed=a.seed * 1_000_003 + i * 1009 + k)
+            ids = s.tokens + ([a.eos] if s.num_tokens > len(s.tokens) else [])
+            out[i].append(ids[: a.max_new_tokens])  # gen_length was rounded up to whole blocks
+    return out
 
 
 def cli_main() -> None:

@@ -87,3 +87,24 @@ def test_sampler_fills_the_answer_and_counts_tokens(checks):
     assert r["sample_deterministic"] and r["sample_hot_differs"]  # greedy repeats; temperature 1 samples
     # with an EOS: the answer stops before it, and the count includes it (as for AR samples)
     assert r["eos_tokens"] == r["eos_first_index"] and r["eos_num_tokens"] == r["eos_first_index"] + 1
+
+
+def test_megatron_backend_samples_a_dllm_checkpoint(single, dllm_data, tmp_path):
+    """generation.backend=megatron's recipe on the trained dLLM: remasking sampler, marker's mask id."""
+    from t3s_nemo.data.packed import PackedDataset
+
+    run_dir, _ = single
+    ds = PackedDataset(dllm_data)
+    prompts = [ds.read_example(i)[: int(ds.prompt_lengths[i])].tolist() for i in range(2)]
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    run([sys.executable, "-m", "t3s_nemo.recipes.sample", "--checkpoint", str(run_dir / "checkpoints" / "iter_10"),
+         "--prompts", str(tmp_path / "p.json"), "--out", str(tmp_path / "o.json"), "--eos", str(ds.eos_id),
+         "--num-samples", "2", "--max-new-tokens", "12", "--temperature", "0", "--dllm-block-length", "8",
+         "--dllm-steps-per-block", "4"])
+    out = json.loads((tmp_path / "o.json").read_text())
+    samples = [s for ss in out["samples"] for s in ss]
+    assert [len(ss) for ss in out["samples"]] == [2, 2]
+    assert all(0 < len(s) <= 12 and all(0 <= t < ds.vocab_size for t in s) for s in samples)  # no mask id
+    assert all(ds.eos_id not in s[:-1] for s in samples)  # a sample ends at its first eos
+    assert out["generated_tokens"] == sum(len(s) for s in samples)
+    assert out["samples"][0][0] == out["samples"][0][1]  # greedy: both samples agree
