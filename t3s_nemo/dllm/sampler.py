@@ -5,9 +5,9 @@ The answer starts as `gen_length` mask tokens after the prompt and is filled lef
 (argmax, or Gumbel-max at temperature > 0) and keeps the most confident predictions -- an even share of
 the block per step -- leaving the others masked for the next pass (LLaDA, "low-confidence remasking").
 
-Status: a library function on an in-memory megatron GPTModel (forward only; logits gathered over TP
-ranks, so every rank of a TP group returns the same tokens). It is *not yet* a generation backend of
-`t3s bottleneck` / `t3s eval` (see docs/dllm.md).
+A function on an in-memory megatron GPTModel (forward only; logits gathered over TP ranks, so every rank
+of a TP group returns the same tokens). recipes/sample.py (generation.backend=megatron) calls it for
+checkpoints whose marker says objective=dllm.
 """
 
 from __future__ import annotations
