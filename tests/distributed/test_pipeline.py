@@ -1,13 +1,16 @@
 """`t3s pipeline` end to end on the tiny config, then rerun: every finished stage is skipped."""
 
 import json
+import shutil
 
 from procs import TINY, run, t3s
 
 
 def test_pipeline_runs_every_stage_and_resumes(tiny_data, tmp_path):
     root = tmp_path / "p"
-    args = [*t3s(), "pipeline", str(TINY), f"run_dir={root}", f"data.path={tiny_data}", "train.steps=2",
+    data = tmp_path / "data"  # the pipeline adds channels to its dataset: not the session's shared one
+    shutil.copytree(tiny_data, data)
+    args = [*t3s(), "pipeline", str(TINY), f"run_dir={root}", f"data.path={data}", "train.steps=2",
             "pipeline.sft_steps=3", "train.global_batch_size=2", "pipeline.baselines=[random]", "pipeline.rrt=true",
             "generation.n=1", "generation.max_new_tokens=8", "bottleneck.num_prompts=2", "train.tensorboard=false",
             "checkpoint.async_save=false", "--force"]
