@@ -37,7 +37,7 @@ PLOT = "accuracy.png"
 OVERRIDABLE = ("generation.", "bottleneck.", "data.path")
 # launcher variables an export child must not inherit: it is one process, whatever launched us
 _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-               "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "TORCHELASTIC_RUN_ID")
+               "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_USE_AGENT_STORE")
 
 
 # ---- rules: pure functions on the accuracy curve (index 0 is theta_0, never a candidate) --------------

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 from t3s_nemo.errors import T3SError
+from t3s_nemo.trajectory.bottleneck import _LAUNCH_ENV  # the child starts its own world
 
-# launcher variables the child must not inherit: it starts its own (torchrun) world
-_LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-               "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_USE_AGENT_STORE")
 
 
 def sample_checkpoint(checkpoint: Path, prompts: list[list[int]], n: int, temperature: float, top_p: float,

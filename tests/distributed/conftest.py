@@ -19,3 +19,14 @@ def tiny_data(tmp_path_factory) -> Path:
     (d / "train.jsonl").write_text("\n".join(lines) + "\n")
     pack([d / "train.jsonl"], DEMO / "tokenizer", d / "packed", PackOptions(seq_length=512))
     return d / "packed"
+
+
+@pytest.fixture(scope="session")
+def chat_prompts():
+    """Three chat-formatted prompts of different lengths (token ids), for the samplers."""
+    from t3s_nemo.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(DEMO / "tokenizer")
+    texts = ["What is 2 + 2?", "Start with 5. Subtract 5, then add 8, then multiply by 3. What is the result?", "Hi"]
+    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True,
+                                    return_dict=False) for t in texts]

@@ -37,14 +37,6 @@ def tiny_hf(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def chat_prompts():
-    from t3s_nemo.data.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(DEMO / "tokenizer")
-    texts = ["What is 2 + 2?", "Start with 5. Subtract 5, then add 8, then multiply by 3. What is the result?", "Hi"]
-    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True,
-                                    return_dict=False) for t in texts]
 
 
 def test_greedy_left_padded_batches_match_a_plain_decoding_loop(tiny_hf, chat_prompts):

@@ -25,28 +25,20 @@ def run(tiny_data, tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="module")
-def prompts():
-    from t3s_nemo.data.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(DEMO / "tokenizer")
-    texts = ["What is 2 + 2?", "Start with 5. Subtract 5, then add 8, then multiply by 3. What is the result?", "Hi"]
-    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True,
-                                    return_dict=False) for t in texts]
 
 
-def test_greedy_megatron_samples_equal_transformers_at_tp1_and_tp2(run, prompts, tmp_path):
+def test_greedy_megatron_samples_equal_transformers_at_tp1_and_tp2(run, chat_prompts, tmp_path):
     snap = run / "snapshots" / "step_0"
     hf = tmp_path / "hf"
     export_snapshot(snap, hf, DEMO / "tokenizer")
-    want = generate(hf, prompts, 1, 0.0, 1.0, 16, 0, 3, backend="transformers")
+    want = generate(hf, chat_prompts, 1, 0.0, 1.0, 16, 0, 3, backend="transformers")
     assert len({s[0].text for s in want}) == 3 and all(s[0].num_tokens == 16 for s in want)  # a real comparison
     for tp in (1, 2):
-        got = generate(snap, prompts, 1, 0.0, 1.0, 16, 0, 3, backend="megatron", tp=tp, tokenizer_dir=DEMO / "tokenizer")
+        got = generate(snap, chat_prompts, 1, 0.0, 1.0, 16, 0, 3, backend="megatron", tp=tp, tokenizer_dir=DEMO / "tokenizer")
         assert [[(x.text, x.num_tokens) for x in s] for s in got] == [[(x.text, x.num_tokens) for x in s] for s in want], tp
 
 
-def test_bottleneck_samples_snapshots_without_exporting_them(run, prompts, tmp_path):
+def test_bottleneck_samples_snapshots_without_exporting_them(run, chat_prompts, tmp_path):
     overrides = ["generation.backend=megatron", "generation.n=2", "generation.max_new_tokens=12",
                  "bottleneck.num_prompts=3"]
     summary = run_bottleneck(run, overrides, force=True)
