@@ -127,3 +127,64 @@ def test_profile_refuses_a_selector_with_another_tokenizer_and_records_the_selec
         run([*t3s(), "profile", str(run_dir)])
     info = PackedDataset(data).channels["delta"]  # add_channel stores the info next to the dtype
     assert info["selector_base"].endswith("step_0") and info["selector_bottleneck"].endswith("step_2")
+
+
+def _profiled(trajectory):
+    from t3s_nemo.data.packed import PackedDataset
+
+    run_dir, data = trajectory
+    if "delta" not in PackedDataset(data).channels:
+        run([*t3s(), "profile", str(run_dir)])
+    return run_dir, data
+
+
+def test_analyze_gradients_match_transformers_and_tp2(trajectory, tmp_path):
+    run_dir, data = _profiled(trajectory)
+    run([*t3s(), "analyze", "gradients", str(run_dir), "--num-bins", "3", "--out", str(tmp_path / "one")])
+    one = json.loads((tmp_path / "one" / "gradients.json").read_text())
+    assert [r["step"] for r in one["rows"]] == [0, 1, 2, 3]
+    assert (tmp_path / "one" / "gradients.png").stat().st_size > 1000
+    # the numbers at theta_b against transformers' autograd on the exported snapshot (float64 reference)
+    run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(run_dir / "snapshots" / "step_2"), str(tmp_path / "hf")])
+    p = run([sys.executable, str(REPO / "tests/distributed/scripts/grads_vs_hf.py"), str(data), str(tmp_path / "hf"),
+             str(tmp_path / "one" / "gradients.json"), "2"])
+    r = json.loads(p.stdout.split("RESULT ", 1)[1])
+    assert r["anchor_tokens"] == r["ref"]["anchor_tokens"] > 0
+    assert r["response_tokens"] == r["ref"]["response_tokens"]
+    for key in ("anchor_grad_norm", "other_grad_norm"):
+        assert r["got"][key] == pytest.approx(r["ref"][key], rel=1e-4)
+    assert r["got"]["cosine"] == pytest.approx(r["ref"]["cosine"], abs=1e-4)
+    # TP=2: shards summed, replicated parameters counted once
+    run([*t3s(), "analyze", "gradients", str(run_dir), "--num-bins", "3", "--every", "2", "--tp", "2",
+         "--nproc-per-node", "2", "--out", str(tmp_path / "two")])
+    two = {r["step"]: r for r in json.loads((tmp_path / "two" / "gradients.json").read_text())["rows"]}
+    assert sorted(two) == [0, 2, 3]
+    for row in one["rows"]:
+        if row["step"] in two:
+            for key in ("anchor_grad_norm", "other_grad_norm", "cosine", "anchor_loss"):
+                assert two[row["step"]][key] == pytest.approx(row[key], rel=1e-4, abs=1e-6)
+
+
+def test_analyze_transfer_matrix(trajectory, tmp_path):
+    from t3s_nemo.data.packed import PackedDataset
+
+    run_dir, data = _profiled(trajectory)
+    run([*t3s(), "analyze", "transfer", str(run_dir), "--checkpoint", "2", "--lr", "0.01", "--num-bins", "3",
+         "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "transfer.json").read_text())
+    assert r["groups"] == 4 and len(r["matrix"]) == 4 and all(len(row) == 4 for row in r["matrix"])
+    assert set(r["bins"]).isdisjoint(r["eval_bins"]) and len(r["eval_bins"]) == 3
+    ds = PackedDataset(data)
+    delta = np.concatenate([ds.read_example(i, "delta")[ds.response_slice(i)] for b in r["bins"] for i in ds.bin_range(b)])
+    assert sum(r["tokens_per_group"]) == len(delta)
+    assert r["delta_edges"] == sorted(r["delta_edges"])
+    # an SGD step on a group lowers that group's loss on other examples for a small enough step (first order)
+    assert sum(r["matrix"][i][i] < 0 for i in range(4)) >= 3
+    assert (tmp_path / "transfer.png").stat().st_size > 1000
+    import subprocess
+
+    from procs import env
+
+    bad = subprocess.run([*t3s(), "analyze", "transfer", str(run_dir), "--checkpoint", "99"], capture_output=True,
+                         text=True, env=env(), timeout=120)
+    assert bad.returncode != 0 and "step_99" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr
