@@ -173,6 +173,8 @@ class PipelineConfig:
     rrt: bool = False
     sft_steps: Optional[int] = None  # steps of the trajectory run (null = train.steps)
     online: bool = False
+    curves: bool = False  # train accuracy of every run along its snapshots: curves.json, accuracy_curves.png, results.md
+    curves_every: int = 1  # evaluate every k-th snapshot of the retraining runs (the last always)
 
 
 @dataclass

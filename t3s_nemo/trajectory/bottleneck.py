@@ -158,6 +158,26 @@ def prompt_indices(num_examples: int, num_prompts: Optional[int], seed: int) -> 
     return sorted(int(i) for i in rng.choice(num_examples, size=num_prompts, replace=False))
 
 
+def training_prompts(ds, num_prompts: Optional[int], seed: int) -> tuple[list[str], list[list[int]], list[str]]:
+    """(example ids, prompt token ids, gold answers) of the training prompts the bottleneck samples."""
+    indices = prompt_indices(ds.num_examples, num_prompts, seed)
+    answers = []
+    for i in indices:
+        a = ds.answers[i]
+        if a is None or str(a).strip() == "":
+            raise T3SError(f"{ds.path}: example '{ds.ids[i]}' has no gold answer; the bottleneck stage verifies "
+                           "answers (pack the data with its answer field)")
+        answers.append(str(a))
+    lengths = ds.prompt_lengths
+    return [ds.ids[i] for i in indices], [ds.read_example(i)[: int(lengths[i])].tolist() for i in indices], answers
+
+
+def generation_settings(cfg, backend: str) -> dict:
+    g = cfg.generation
+    return {"backend": backend, "n": g.n, "temperature": g.temperature, "top_p": g.top_p,
+            "max_new_tokens": g.max_new_tokens, "seed": g.seed, "batch_size": g.batch_size, "tp": g.tp}
+
+
 def read_losses(run_dir: Path) -> dict[int, float]:
     """step -> training loss from RUN/trajectory.jsonl (the last record of a step wins: resumed runs)."""
     path = run_dir / "trajectory.jsonl"
@@ -380,20 +400,8 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
     if not data_dir.is_dir():
         raise T3SError(f"data.path {data_dir}: packed dataset not found (moved? pass data.path=DIR)")
     ds = PackedDataset(data_dir)
-    indices = prompt_indices(ds.num_examples, b.num_prompts, g.seed)
-    ids = [ds.ids[i] for i in indices]
-    answers = []
-    for i in indices:
-        a = ds.answers[i]
-        if a is None or str(a).strip() == "":
-            raise T3SError(f"{data_dir}: example '{ds.ids[i]}' has no gold answer; the bottleneck stage verifies "
-                           "answers (pack the data with its answer field)")
-        answers.append(str(a))
-    lengths = ds.prompt_lengths
-    prompts = [ds.read_example(i)[: int(lengths[i])].tolist() for i in indices]
-
-    gen = {"backend": backend, "n": g.n, "temperature": g.temperature, "top_p": g.top_p,
-           "max_new_tokens": g.max_new_tokens, "seed": g.seed, "batch_size": g.batch_size, "tp": g.tp}
+    ids, prompts, answers = training_prompts(ds, b.num_prompts, g.seed)
+    gen = generation_settings(cfg, backend)
     key = result_key(gen, ids)
     results_dir = run_dir / RESULTS
     todo = chosen if shard is None else chosen[shard[0]::shard[1]]

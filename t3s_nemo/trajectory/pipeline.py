@@ -91,7 +91,7 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
                 "--mode", "train", *base_args, f"run_dir={out}", f"data.path={data}",
                 f"model.init={sft_dir / 'snapshots' / 'step_0'}", f"mask.channel={MASK_CHANNEL[rule]}",
                 "checkpoint.snapshot_step0=false",
-                f"checkpoint.snapshot_interval={cfg.checkpoint.snapshot_interval}",
+                f"checkpoint.snapshot_interval={cfg.checkpoint.snapshot_interval or int(cfg.pipeline.curves)}",
             ], nproc)
         runs[name] = str(out)
 
@@ -112,6 +112,16 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
 
     summary = {"config": str(root / "config.yaml"), "data": data, "runs": runs,
                "bottleneck_step": bottleneck["bottleneck_step"], "masks": reports}
+    if cfg.pipeline.curves:
+        from t3s_nemo.trajectory.curves import accuracy_curves
+
+        stage("7. train accuracy of every run along its snapshots")
+        curves = accuracy_curves(root, runs, data, cfg.pipeline.curves_every)
+        summary["curves"] = str(root / "curves.json")
+        for r in curves["table"]:
+            console.print(f"{r['method']:>18}: min {r['min_accuracy']:.3f} at step {r['min_step']}, "
+                          f"final {r['final_accuracy']:.3f}")
+        console.print(f"plot {root / 'accuracy_curves.png'}, table {root / 'results.md'}")
     atomic_write_json(root / "pipeline.json", summary)
     from t3s_nemo.analysis.report import write_run_report
 
