@@ -85,7 +85,7 @@ class CheckpointManager:
             "shape": {k: getattr(self.bundle.shape, k) for k in self.bundle.shape.__dataclass_fields__},
             "padded_vocab_size": self.bundle.vocab_size,
             "tokenizer_fingerprint": self.tokenizer_fingerprint,
-            "tokenizer": str(Path(self.cfg.data.path) / "tokenizer"),
+            "tokenizer": str((Path(self.cfg.data.path) / "tokenizer").resolve()),  # absolute: the run may be read from another directory
             "dtype": str(self.bundle.dtype).replace("torch.", ""),
             "saved_layout": _layout(),
             "objective": self.cfg.model.objective,
@@ -224,7 +224,9 @@ class CheckpointManager:
 
     def load_init(self, init: str) -> None:
         """Starting weights from model.init: a t3s checkpoint/snapshot or a Hugging Face directory."""
-        path = Path(init)
+        from t3s_nemo.config import resolve_path
+
+        path = Path(resolve_path(init))  # pkg:assets/demo/student is the demo's bundled student
         if (path / W.MARKER).is_file():
             marker = W.read_marker(path)
             self._check_compatible(marker, path)

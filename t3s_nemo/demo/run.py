@@ -1,68 +1,64 @@
-"""`t3s demo`: the T3S pipeline on the bundled synthetic arithmetic distillation set and a tiny model, on CPU.
+"""`t3s demo`: the Imitation Shock and T3S at toy scale, on CPU, with the real pipeline.
 
-The stages are the real ones (`t3s pipeline`), scaled down: a tiny Qwen3-shaped model, a few dozen
-steps, a handful of sampled answers per snapshot. A random-init model has no skill to lose, so the
-demo forces a bottleneck choice even without an accuracy dip and says so.
+The student (stage 0, t3s_nemo/demo/student.py) already solves the bundled arithmetic task in a terse
+style. The demo distils an R1-like teacher's traces of the same problems into it and runs every stage
+of `t3s pipeline` (configs/demo/t3s.yaml): the SFT trajectory with snapshots, the bottleneck, the
+profile, the masks, T3S retraining from theta_0, the -T3S / static-confidence / random baselines and
+RRT, then the train accuracy of every run along its snapshots on one plot.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from t3s_nemo.console import console
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "demo"
+
+def demo_overrides(out: Path, steps: Optional[int], seed: int, student: Optional[Path]) -> list[str]:
+    o = [f"run_dir={out}", f"train.seed={seed}", f"generation.seed={seed}"]
+    if steps is not None:
+        o += [f"train.steps={steps}", f"pipeline.sft_steps={steps}"]
+    if student is not None:
+        o.append(f"model.init={Path(student).resolve()}")
+    return o
 
 
-def config_path() -> Path:
-    """configs/tiny/sft.yaml: inside the package when installed, at the repository top in a checkout."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[1] / "configs" / "tiny" / "sft.yaml", here.parents[2] / "configs" / "tiny" / "sft.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError("configs/tiny/sft.yaml is missing from this installation")
-
-
-def demo_overrides(out: Path, steps: int) -> list[str]:
-    return [
-        f"run_dir={out}",
-        f"train.steps={steps}",
-        f"pipeline.sft_steps={steps}",
-        "pipeline.baselines=[reverse,static-confidence,random]",
-        "pipeline.rrt=true",
-        "checkpoint.snapshot_interval=1",
-        "generation.backend=transformers",
-        "generation.n=2",
-        "generation.max_new_tokens=48",
-        "bottleneck.num_prompts=8",
-        f"bottleneck.every={max(1, steps // 4)}",
-    ]
-
-
-def run_demo(out: Path, steps: int, nproc: int, overwrite: bool) -> None:
+def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed: int = 1234,
+             student: Optional[Path] = None, rebuild_student: bool = False) -> dict:
     import shutil
+    import time
 
+    from t3s_nemo.demo.student import build_student, demo_config
+    from t3s_nemo.trajectory.bottleneck import export_snapshot
     from t3s_nemo.trajectory.pipeline import run_pipeline
 
+    t0 = time.monotonic()
     out = Path(out)
     if overwrite and out.exists():
         shutil.rmtree(out)
-    summary = run_pipeline(config_path(), demo_overrides(out, steps), nproc, force=True)
+    if rebuild_student:
+        student = build_student(Path(student) if student else out / "student", nproc)
+    summary = run_pipeline(demo_config(), demo_overrides(out, steps, seed, student), nproc)
+    final = max(int(p.name.split("_")[1]) for p in (out / "t3s" / "checkpoints").glob("iter_*"))
     hf = out / "t3s-hf"
     if not (hf / "config.json").is_file():
-        from t3s_nemo.trajectory.bottleneck import export_snapshot
-
-        console.rule("[bold]7. export the T3S-trained student to Hugging Face")
-        export_snapshot(out / "t3s" / "checkpoints" / f"iter_{steps}", hf, Path(summary["data"]) / "tokenizer")
+        console.rule("[bold]8. export the T3S-trained student to Hugging Face")
+        export_snapshot(out / "t3s" / "checkpoints" / f"iter_{final}", hf, Path(summary["data"]) / "tokenizer")
     console.rule("[bold]demo results")
-    for name, path in summary["runs"].items():
-        console.print(f"{name:>18}: {path}")
-    masks = Path(summary["data"]) / "masks"
-    console.print(f"theta_b: step {summary['bottleneck_step']} ({out / 'sft' / 'bottleneck.json'})")
-    console.print(f"run report: {out / 'report.html'}; accuracy curve: {out / 'sft' / 'accuracy.png'}")
-    console.print(f"anchor report: {masks / 't3s_mask.html'} (+ .png, .json; one per mask in {masks})")
+    from t3s_nemo.io import read_json
+
+    curves = read_json(out / "curves.json", "accuracy curves")
+    console.print(f"theta_0 train accuracy {curves['theta0_accuracy']:.1%}; theta_b = step {summary['bottleneck_step']}")
+    for r in curves["table"]:
+        console.print(f"{r['method']:>18}: lowest {r['min_accuracy']:.1%} (step {r['min_step']}), "
+                      f"final {r['final_accuracy']:.1%} (step {r['final_step']}), {r['final_mean_tokens']:.0f} tokens per answer")
     anchors = summary["masks"].get("ar", {}).get("top_anchor_tokens", [])[:10]
     console.print("top imitation anchors: " + ", ".join(repr(a["token"]) for a in anchors))
-    console.print(f"T3S student as a Hugging Face model: {hf} (AutoModelForCausalLM.from_pretrained)")
-    console.print("The tiny model starts from random weights, so it has no accuracy to lose: the stages run "
-                  "as they would on a real student, but the numbers show no Imitation Shock.")
+    masks = Path(summary["data"]) / "masks"
+    console.print(f"accuracy per method: {out / 'accuracy_curves.png'} (table {out / 'results.md'})")
+    console.print(f"run report: {out / 'report.html'}; anchor report: {masks / 't3s_mask.html'}")
+    console.print(f"mechanism: t3s analyze gradients {out / 'sft'}; t3s analyze transfer {out / 'sft'}")
+    console.print(f"T3S student as a Hugging Face model: {hf}")
+    console.print(f"demo took {time.monotonic() - t0:.0f} s")
+    return {"summary": summary, "curves": curves}
