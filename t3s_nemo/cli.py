@@ -379,7 +379,7 @@ def eval_(
     temperature: Annotated[float, typer.Option()] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32768,
-    backend: Annotated[str, typer.Option(help="auto (vLLM on GPU if installed) | transformers | vllm")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto (vLLM on GPU if installed, else transformers) | transformers | vllm | megatron (a t3s checkpoint sampled by megatron-core, no export; dLLM checkpoints too)")] = "auto",
     tp: Annotated[int, typer.Option(help="vLLM tensor-parallel size.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Problems per generation batch.")] = 64,
     seed: Annotated[int, typer.Option()] = 0,

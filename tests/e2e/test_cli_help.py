@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 from t3s_nemo.cli import app
 
 STAGES = ["sft", "train", "bottleneck", "profile", "mask", "rrt", "export", "import", "pipeline", "eval",
-          "demo", "plan", "data pack", "data inspect", "data add-channel", "data mix"]
+          "demo", "plan", "data pack", "data inspect", "data add-channel", "data mix", "analyze gradients",
+          "analyze transfer"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
