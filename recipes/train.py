@@ -76,8 +76,14 @@ class Preemption:
         import signal
 
         self.requested = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+
+    def close(self) -> None:
+        """Give the signals back: `t3s pipeline` runs this recipe in its own process and must stay killable."""
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         self.requested = True
@@ -240,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(PREEMPTED_EXIT)
 
     # ---- the end ------------------------------------------------------------------------------------
+    preemption.close()
     bar.stop()
     ckpt.at_end(model, optimizer, scheduler, end)  # full checkpoint (and snapshot) at `end`
     if env.is_main:
