@@ -54,6 +54,10 @@ def main() -> None:
             times[seed] = round(time.monotonic() - t0, 1)
         seeds[seed] = json.loads((run / "curves.json").read_text())
     a.results.mkdir(parents=True, exist_ok=True)
+    previous = a.results / "demo.json"
+    if previous.is_file():  # seeds finished by an earlier invocation keep their measured time
+        for k, v in json.loads(previous.read_text()).get("seconds_per_seed", {}).items():
+            times.setdefault(int(k), v)
     methods = [m for m in ORDER if all(m in c["runs"] for c in seeds.values())]
     rows = []
     for m in methods:
@@ -71,9 +75,18 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {mean_sd(r['min'])} ({', '.join(map(str, r['min_step']))}) "
                      f"| {mean_sd(r['final'])} | {statistics.mean(r['tokens']):.0f} |")
+    anchors = {}
+    for seed in seeds:
+        report = json.loads((a.out / f"seed{seed}" / "pipeline.json").read_text())["masks"]["ar"]
+        anchors[seed] = {"anchor_fraction": report["anchor_fraction"],
+                         "top_anchor_tokens": report["top_anchor_tokens"][:15],
+                         "top_yet_to_learn_tokens": report["top_yet_to_learn_tokens"][:15]}
+        lines += ["", f"Seed {seed}: {report['anchor_fraction']:.1%} of response tokens are anchors (delta > 0). "
+                  "Top anchors: " + ", ".join(repr(t["token"]) for t in report["top_anchor_tokens"][:12])
+                  + ". Top yet-to-learn: " + ", ".join(repr(t["token"]) for t in report["top_yet_to_learn_tokens"][:12]) + "."]
     (a.results / "demo_table.md").write_text("\n".join(lines) + "\n")
     (a.results / "demo.json").write_text(json.dumps(
-        {"machine": machine(), "seeds": list(seeds), "seconds_per_seed": times, "rows": rows,
+        {"machine": machine(), "seeds": list(seeds), "seconds_per_seed": times, "rows": rows, "anchors": anchors,
          "curves": {str(s): c for s, c in seeds.items()}}, indent=1) + "\n")
     plot(seeds, methods, a.results / "demo_accuracy.png")
     print("\n".join(lines))
