@@ -6,8 +6,9 @@ What differs from next-token training (recipes/train.py picks these when model.o
 - attention: bidirectional within each packed example, block-diagonal across examples (`layer_spec`
   with bidirectional=True plus `bidirectional_mask` on the local spec; cu_seqlens/THD on Transformer
   Engine);
-- `dllm_forward_step`: noises each micro-batch (seeded by train.seed, step, data-parallel rank and
-  micro-batch index, so a resumed run draws the same noise and all TP/PP ranks of a replica agree),
+- `dllm_forward_step`: noises each micro-batch (seeded by train.seed, step and the global micro-batch
+  index, so a resumed run draws the same noise, all TP/PP ranks of a replica agree and the DP size does
+  not change it),
   feeds the noised tokens and returns the 1/t-weighted cross-entropy on noised positions against the
   clean tokens, normalised (globally, by megatron's per-token loss mode) by the response-token count.
 
@@ -110,15 +111,20 @@ def open_dllm_data(cfg, packed: PackedDataset) -> DllmBins:
     return DllmBins(packed)
 
 
-def noise_seed(seed: int, step: int, dp_rank: int, micro_batch: int) -> int:
-    """A 63-bit seed for one micro-batch's noise; independent streams via numpy's SeedSequence."""
-    a, b = np.random.SeedSequence([seed, step, dp_rank, micro_batch]).generate_state(2, np.uint32)
+def noise_seed(seed: int, step: int, micro_batch: int) -> int:
+    """A 63-bit seed for one micro-batch's noise; independent streams via numpy's SeedSequence.
+
+    micro_batch is the step's *global* micro-batch index (data-parallel rank x micro-batches per rank +
+    local index: ranks take contiguous slices of the step's bins), so the noise does not depend on the
+    data-parallel size; the 0 keeps the seeds single-replica runs drew before this was global.
+    """
+    a, b = np.random.SeedSequence([seed, step, 0, micro_batch]).generate_state(2, np.uint32)
     return (int(a) << 31) ^ int(b)
 
 
 def add_noise_seeds(batches: list[dict], seed: int, step: int, dp_rank: int) -> list[dict]:
     for i, batch in enumerate(batches):
-        batch["noise_seed"] = torch.tensor(noise_seed(seed, step, dp_rank, i), dtype=torch.int64)
+        batch["noise_seed"] = torch.tensor(noise_seed(seed, step, dp_rank * len(batches) + i), dtype=torch.int64)
     return batches
 
 

@@ -109,6 +109,20 @@ def test_noise_is_a_function_of_seed_step_and_rank(demo_packed):
     assert torch.equal(hit, a["loss_weight"] > 0) and a["noised_tokens"] == hit.sum()
 
 
+def test_noise_does_not_depend_on_the_data_parallel_size(demo_packed):
+    """Ranks take contiguous slices of a step's bins: two micro-batches on one replica get the seeds they
+    get on two replicas of one micro-batch each (so DP/EP layouts train on the same noise)."""
+    from t3s_nemo.data.dataset import collate
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.dllm.training import DllmBins, add_noise_seeds
+
+    bins = DllmBins(PackedDataset(demo_packed[0]))
+    one = add_noise_seeds([collate([bins[0]]), collate([bins[1]])], 5, 3, 0)
+    two = add_noise_seeds([collate([bins[0]])], 5, 3, 0) + add_noise_seeds([collate([bins[1]])], 5, 3, 1)
+    assert [int(b["noise_seed"]) for b in one] == [int(b["noise_seed"]) for b in two]
+    assert int(one[0]["noise_seed"]) != int(one[1]["noise_seed"])
+
+
 def test_dllm_refuses_ar_mask_rules(demo_packed):
     import pytest
 
