@@ -42,9 +42,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The student: a Qwen3 preset, optionally with shape overrides, and its starting weights."""
+    """The student: a preset (dense Qwen3 or MoE), optionally with shape overrides, and its starting weights."""
 
-    preset: str = "tiny"  # tiny | qwen3_0_6b | qwen3_1_7b | qwen3_4b | qwen3_8b | qwen3_14b | qwen3_32b
+    # tiny | qwen3_0_6b | qwen3_1_7b | qwen3_4b | qwen3_8b | qwen3_14b | qwen3_32b; MoE: llada2_mini | tiny_moe
+    preset: str = "tiny"
     init: str = ""  # "" = random init; a t3s checkpoint/snapshot dir; or a Hugging Face model dir
     spec: str = "auto"  # auto (TE when it imports) | te | local
     objective: str = "ar"  # ar (next-token) | dllm (masked diffusion, issue 7)
@@ -62,6 +63,14 @@ class ModelConfig:
     head_dim: Optional[int] = None
     rope_theta: Optional[float] = None
     tie_embeddings: Optional[bool] = None
+    # MoE shape overrides (null = the preset's; num_experts=0 makes an MoE preset dense)
+    num_experts: Optional[int] = None
+    moe_ffn_hidden_size: Optional[int] = None
+    moe_topk: Optional[int] = None
+    moe_shared_expert_size: Optional[int] = None
+    first_k_dense: Optional[int] = None
+    # MoE: coefficient of megatron-core's load-balancing aux loss, added to the training loss (0 = off)
+    moe_aux_loss_coeff: float = 1e-3
 
 
 @dataclass
@@ -72,6 +81,7 @@ class ParallelConfig:
     pp: int = 1
     vpp: Optional[int] = None  # virtual pipeline stages per rank (interleaved 1F1B); GPU recipes
     cp: int = 1  # context parallel (needs Transformer Engine attention, i.e. GPU)
+    ep: int = 1  # expert parallel (MoE presets): experts split over ep ranks of the data-parallel ranks
     sequence_parallel: bool = False
     distributed_optimizer: bool = True
     overlap_grad_reduce: bool = False
@@ -223,7 +233,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MASK_RULES = ("ar", "reverse", "static-confidence", "static-confidence-low", "random")
 
 POSITIVE: tuple[str, ...] = (
-    "parallel.tp", "parallel.pp", "parallel.cp", "train.steps", "train.micro_batch_size",
+    "parallel.tp", "parallel.pp", "parallel.cp", "parallel.ep", "train.steps", "train.micro_batch_size",
     "train.global_batch_size", "train.log_interval", "checkpoint.keep_last",
     "checkpoint.snapshot_keep_every", "generation.n", "generation.max_new_tokens",
     "generation.batch_size", "generation.tp", "bottleneck.window", "bottleneck.every",
@@ -232,7 +242,7 @@ POSITIVE: tuple[str, ...] = (
 NON_NEGATIVE: tuple[str, ...] = (
     "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.clip_grad",
     "checkpoint.save_interval", "checkpoint.snapshot_interval", "generation.temperature",
-    "mask.tau", "bottleneck.recovery", "bottleneck.margin", "online.patience",
+    "mask.tau", "bottleneck.recovery", "bottleneck.margin", "online.patience", "model.moe_aux_loss_coeff",
 )
 
 
@@ -393,6 +403,12 @@ def check_parallel(cfg: Config, world_size: int) -> int:
             f"world size {world_size}"
         )
     dp = world_size // model_parallel
+    # megatron-core's expert grid: tp (expert TP = TP) x ep x pp ranks per expert-data-parallel replica
+    if p.ep > 1 and world_size % (p.tp * p.ep * p.pp):
+        raise T3SError(
+            f"config key 'parallel.ep': tp*ep*pp = {p.tp * p.ep * p.pp} does not divide the world size {world_size} "
+            f"(expert parallelism splits the data-parallel ranks; launch ep x tp x pp processes or more)"
+        )
     if cfg.train.global_batch_size % (cfg.train.micro_batch_size * dp):
         raise T3SError(
             f"config key 'train.global_batch_size': {cfg.train.global_batch_size} is not a multiple "

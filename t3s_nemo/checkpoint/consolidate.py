@@ -16,12 +16,27 @@ from t3s_nemo.model.qwen3 import Shape
 
 def config_for(marker: dict) -> Config:
     """A single-process Config that rebuilds the checkpoint's model."""
+    from t3s_nemo.errors import T3SError
+    from t3s_nemo.model.qwen3 import OVERRIDABLE, PRESETS, resolve_shape
+
     cfg = Config()
     shape = marker["shape"]
-    for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-              "head_dim", "rope_theta", "tie_embeddings"):
-        setattr(cfg.model, k, shape[k])
-    cfg.model.preset = "tiny"  # the shape above overrides every field of the preset
+    if shape.get("num_experts", 0):
+        # MoE: the routing settings are not overridable keys; they come from the preset, checked below
+        cfg.model.preset = marker.get("preset", "")
+        if cfg.model.preset not in PRESETS or not PRESETS[cfg.model.preset].is_moe:
+            raise T3SError(f"checkpoint marker: MoE shape of unknown preset '{cfg.model.preset}'")
+    else:
+        cfg.model.preset = "tiny"  # the overrides below set every field of the preset that matters
+    for k in OVERRIDABLE:
+        if k in shape:
+            setattr(cfg.model, k, shape[k])
+    if shape.get("num_experts", 0):
+        rebuilt = resolve_shape(cfg.model)
+        diff = [k for k in shape if hasattr(rebuilt, k) and getattr(rebuilt, k) != shape[k]]
+        if diff:
+            raise T3SError(f"checkpoint marker: preset '{cfg.model.preset}' no longer has the saved "
+                           f"{', '.join(diff)}")
     cfg.model.spec = "local"
     cfg.train.precision = "fp32"
     return cfg

@@ -272,14 +272,17 @@ class CheckpointManager:
         fp = marker.get("tokenizer_fingerprint")
         if fp and fp != self.tokenizer_fingerprint:
             raise T3SError(f"{path}: made with another tokenizer ({fp}) than the dataset's ({self.tokenizer_fingerprint})")
+        from t3s_nemo.model.qwen3 import LOAD_FIELDS, Shape
+
         shape = marker.get("shape")
         mine = {k: getattr(self.bundle.shape, k) for k in self.bundle.shape.__dataclass_fields__}
         if shape:
-            diff = [k for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                                "num_query_groups", "head_dim") if shape.get(k) != mine[k]]
+            # markers written before the MoE fields existed are dense: the Shape defaults
+            theirs = {k: shape.get(k, Shape.__dataclass_fields__[k].default) for k in LOAD_FIELDS}
+            diff = [k for k in LOAD_FIELDS if theirs[k] != mine[k]]
             if diff:
                 raise T3SError(f"{path}: model shape differs from model.preset={self.cfg.model.preset} "
-                               f"({', '.join(f'{k} {shape[k]} vs {mine[k]}' for k in diff)})")
+                               f"({', '.join(f'{k} {theirs[k]} vs {mine[k]}' for k in diff)})")
 
     # ---- retention ----------------------------------------------------------------------------------
     def _retain_full(self) -> None:

@@ -158,6 +158,11 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
     if out.exists() and not overwrite:
         raise T3SError(f"{out}: output directory exists (pass --overwrite to replace it)")
     _host_only()
+    from t3s_nemo.checkpoint import weights as W
+
+    early = W.read_marker(ckpt)
+    if (early.get("shape") or {}).get("num_experts", 0):
+        raise T3SError(f"{ckpt}: an MoE ({early.get('preset')}) checkpoint; Hugging Face export covers dense Qwen3 only")
     state, marker, shape = load_full_state_dict(ckpt)
     if marker.get("objective", "ar") != "ar":
         raise T3SError(f"{ckpt}: a {marker['objective']} checkpoint is not a Qwen3ForCausalLM")

@@ -74,6 +74,7 @@ def init_model_parallel(parallel) -> None:
         pipeline_model_parallel_size=parallel.pp,
         virtual_pipeline_model_parallel_size=parallel.vpp,
         context_parallel_size=parallel.cp,
+        expert_model_parallel_size=getattr(parallel, "ep", 1),
     )
 
 

@@ -52,19 +52,25 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
     if cfg.parallel.vpp and cpu_mode_active():
         raise T3SError("config key 'parallel.vpp': interleaved pipeline schedules are GPU-only here")
     shape = qwen3.resolve_shape(cfg.model)
-    qwen3.check_shape(shape, cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp)
+    qwen3.check_shape(shape, cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp, cfg.parallel.ep)
+    if shape.is_moe and cfg.parallel.tp > 1 and not cfg.parallel.sequence_parallel:
+        raise T3SError("config key 'parallel.sequence_parallel': megatron-core trains MoE layers at tp>1 only with "
+                       "sequence parallelism (which needs Transformer Engine); set it true on GPU, or use tp=1 "
+                       "(parallel.ep splits the experts instead)")
     dtype = run_dtype(cfg)
     padded = qwen3.padded_vocab_size(vocab_size, cfg.parallel.tp)
+    use_te = qwen3.layer_spec(cfg.model.spec)[1]
     tconfig = qwen3.transformer_config(
         shape, cfg.parallel, dtype=dtype, use_cpu_init=True, recompute=cfg.model.recompute,
+        moe_grouped_gemm=use_te, moe_aux_loss_coeff=cfg.model.moe_aux_loss_coeff,
     )
-    spec, use_te = qwen3.layer_spec(cfg.model.spec, bidirectional=bidirectional)
     torch.manual_seed(cfg.train.seed)
     model_parallel_cuda_manual_seed(cfg.train.seed)
     chunks = []
     vpp = cfg.parallel.vpp or 1
     for vp_stage in range(vpp):
         stage = vp_stage if cfg.parallel.vpp else None
+        spec, _ = qwen3.layer_spec(cfg.model.spec, bidirectional=bidirectional, config=tconfig, vp_stage=stage)
         chunk = qwen3.build_gpt(
             tconfig, shape, padded, seq_length, spec,
             pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
