@@ -138,6 +138,13 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = build_optimizer(model, cfg, bundle.dtype)
     scheduler = build_scheduler(optimizer, cfg)
     bundle.tconfig.finalize_model_grads_func = finalize_model_grads
+    moe = bundle.shape.is_moe
+    if moe:  # the load-balancing aux loss (t3s_nemo/training/moe.py): its scale per step, and its log
+        from t3s_nemo.training import moe as tmoe
+
+        aux_scale = tmoe.AuxLossScale()
+        bundle.tconfig.moe_grad_scale_func = aux_scale
+        n_moe_layers = sum(bundle.shape.is_moe_layer(i) for i in range(bundle.shape.num_layers))
     start = ckpt.restore(model, optimizer, scheduler) if cfg.resume == "auto" else 0
     if start == 0 and cfg.model.init:
         ckpt.load_init(cfg.model.init)
@@ -163,8 +170,10 @@ def main(argv: list[str] | None = None) -> None:
                         {"config": to_yaml(cfg)}) if env.is_main else None
     if env.is_main:
         n_params = num_parameters(bundle.shape, bundle.vocab_size)
+        active = (f", {num_parameters(bundle.shape, bundle.vocab_size, active=True) / 1e6:,.1f}M active, "
+                  f"ep={cfg.parallel.ep}" if bundle.shape.is_moe else "")
         console.print(
-            f"[bold]{mode}[/] {cfg.model.preset} ({n_params / 1e6:,.1f}M params, vocab {bundle.vocab_size}) "
+            f"[bold]{mode}[/] {cfg.model.preset} ({n_params / 1e6:,.1f}M params{active}, vocab {bundle.vocab_size}) "
             f"on {env.world_size} {'GPU' if torch.cuda.is_available() else 'CPU process'}(es): "
             f"tp={cfg.parallel.tp} pp={cfg.parallel.pp} cp={cfg.parallel.cp} dp={dp}, "
             f"{nmb} micro-batch(es) of {cfg.train.micro_batch_size} x {packed.seq_length} tokens per step, "
@@ -183,6 +192,10 @@ def main(argv: list[str] | None = None) -> None:
         batches = tdata.micro_batches(bins, sampler, step, dp_rank, dp, cfg.train.micro_batch_size)
         if dllm:  # the step's noise is a function of (seed, step, dp rank): resume redraws it exactly
             dtrain.add_noise_seeds(batches, cfg.train.seed, step, dp_rank)
+        if moe:  # aux-loss gradient scale = the step's loss tokens / positions, over all DP replicas
+            counts = torch.tensor(tmoe.step_token_counts(batches, dllm), dtype=torch.float64)
+            dist.all_reduce(counts, group=ps.get_data_parallel_group())
+            aux_scale.set(*counts.tolist())
         for m in model:
             m.zero_grad_buffer()
         optimizer.zero_grad()
@@ -198,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         ok, grad_norm, _ = optimizer.step()
         scheduler.step(increment=1)
 
-        stats = torch.zeros(5, dtype=torch.float64)
+        stats = torch.zeros(6, dtype=torch.float64)
         if reporter:
             for r in reports:
                 stats[:2] += r["loss_sum_and_count"].double().cpu()
@@ -206,13 +219,15 @@ def main(argv: list[str] | None = None) -> None:
                     stats[4] += float(r["noised_tokens"])
             stats[2] = sum(float((b["segment_ids"] >= 0).sum()) for b in batches)
             stats[3] = sum(float(b["response_mask"].sum()) for b in batches)
+        if moe:  # every rank holds the aux losses of its own layers and micro-batches
+            stats[5] = tmoe.aux_loss_sum()
         dist.all_reduce(stats)
         t_ckpt = time.perf_counter()
         ckpt.after_step(model, optimizer, scheduler, step + 1)  # async: only the copy to host and a poll
         seconds = time.perf_counter() - t0
         ckpt_seconds = time.perf_counter() - t_ckpt
         if env.is_main:
-            loss_sum, count, tokens, response, noised = stats.tolist()
+            loss_sum, count, tokens, response, noised, aux = stats.tolist()
             tps = tokens / seconds
             rec = {
                 "step": step + 1,
@@ -230,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
                 "seconds": seconds,
                 "checkpoint_seconds": ckpt_seconds,  # time the loop waited on checkpointing this step
             }
+            if moe:  # the load-balancing loss (before its coefficient), mean over MoE layers and micro-batches
+                rec["moe_aux_loss"] = aux / (dp * nmb * n_moe_layers)
             log.write(rec)
             bar.update(task, advance=1, description=f"{mode} loss {rec['loss']:.4f}")
             if (step + 1) % cfg.train.log_interval == 0 or step + 1 == cfg.train.steps:

@@ -90,6 +90,8 @@ def format_line(rec: dict, steps: int) -> str:
         parts.append(f"MFU {rec['mfu']:.1%}")
     if rec.get("masked_fraction"):
         parts.append(f"masked {rec['masked_fraction']:.1%}")
+    if rec.get("moe_aux_loss") is not None:
+        parts.append(f"moe_aux {rec['moe_aux_loss']:.4g}")
     return "  ".join(parts)
 
 
