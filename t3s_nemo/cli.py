@@ -429,7 +429,7 @@ def eval_(
 def plan(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    gpus: Annotated[Optional[int], typer.Option(help="GPUs in the job (default: tp*pp*cp of the config, i.e. dp=1).")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="GPUs in the job (default: tp*pp*max(cp, ep) of the config).")] = None,
     gpu_memory: Annotated[float, typer.Option(help="GiB per GPU (H100 80GB: 79.6).")] = 79.6,
     vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary (Qwen3: 151669).")] = 151669,
 ):
@@ -437,33 +437,42 @@ def plan(
 
     Weights, gradients, distributed-optimizer state, activations (with the configured recomputation)
     and logits on the busiest rank. Parameters per rank are counted on the real megatron-core model of
-    the first and the last pipeline stage of each layout, built on the meta device (no memory, no GPU).
-    An estimate to choose a layout with, not a guarantee.
+    the first and the last pipeline stage of each layout, built on the meta device (no memory, no GPU);
+    MoE presets (llada2_mini) at the config's parallel.ep. Pass the tokenizer's --vocab-size (LLaDA2.0:
+    157184). An estimate to choose a layout with, not a guarantee.
     """
     from t3s_nemo.config import load_config
     from t3s_nemo.model import plan as P
-    from t3s_nemo.model.qwen3 import padded_vocab_size, resolve_shape
+    from t3s_nemo.model.qwen3 import check_moe, num_parameters, padded_vocab_size, resolve_shape
 
     cfg = load_config(config, overrides)
     shape = resolve_shape(cfg.model)
     p = cfg.parallel
-    n = gpus or p.tp * p.pp * p.cp
+    check_moe(shape, p.ep)
+    n = gpus or p.tp * p.pp * max(p.cp, p.ep)
     layouts = [(p.tp, p.pp, p.cp)] + [l for l in ((8, 1, 1), (8, 2, 1), (8, 4, 1), (8, 2, 2), (4, 2, 1), (4, 4, 1), (2, 4, 1))
                                       if l != (p.tp, p.pp, p.cp)]
     layouts = [(tp, pp, cp) for tp, pp, cp in layouts
                if not (shape.num_layers % pp or shape.num_attention_heads % tp or shape.num_query_groups % tp
-                       or n % (tp * pp * cp))]
+                       or n % (tp * pp * cp) or n % (tp * pp * p.ep))]
+    if not layouts:
+        raise T3SError(f"--gpus {n}: no layout fits (tp*pp*cp and tp*pp*ep={p.tp * p.pp * p.ep} must divide it)")
     with console.status("building each layout's first and last pipeline stage on the meta device"):
-        params = P.meta_rank_params(shape, vocab_size, sorted({(tp, pp) for tp, pp, _ in layouts}))
+        params = P.meta_rank_params(shape, vocab_size, sorted({(tp, pp, p.ep) for tp, pp, _ in layouts}))
     rows = []
     for tp, pp, cp in layouts:
         for seq in (8192, 16384, 32768):
             rows.append(P.estimate(shape, padded_vocab_size(vocab_size, tp), tp, pp, cp, n // (tp * pp * cp), seq,
                                    cfg.train.micro_batch_size, cfg.model.recompute,
                                    p.sequence_parallel, p.distributed_optimizer, cfg.train.precision != "fp32",
-                                   params=params[(tp, pp)]))
+                                   params=params[(tp, pp, p.ep)], ep=p.ep))
     out = console.__class__(highlight=False, width=max(110, console.width))
-    out.print(f"{cfg.model.preset}: {n} GPUs; first row group = the config's layout "
+    total = num_parameters(shape, padded_vocab_size(vocab_size, 1))
+    size = f"{total / 1e9:.2f}B parameters"
+    if shape.is_moe:
+        size += (f" ({num_parameters(shape, padded_vocab_size(vocab_size, 1), active=True) / 1e9:.2f}B active per "
+                 f"token; {shape.num_experts} experts, top-{shape.moe_topk}, ep={p.ep})")
+    out.print(f"{cfg.model.preset}: {size}; {n} GPUs; first row group = the config's layout "
               f"(tp={p.tp} pp={p.pp} cp={p.cp}), recompute={cfg.model.recompute}")
     out.print(P.table(rows, gpu_memory))
 

@@ -1,4 +1,4 @@
-"""`t3s plan`: per-GPU memory of a Qwen3 layout before you queue it.
+"""`t3s plan`: per-GPU memory of a layout (dense Qwen3 or MoE) before you queue it.
 
 Parameters per rank come from the real megatron-core model of that rank, built on the meta device (no
 memory, no GPU) inside torch's fake process group with the layout's world size (`meta_rank_params`); the
@@ -7,6 +7,12 @@ Activation Recomputation in Large Transformer Models": per layer s*b*h*(34 + 5*a
 recomputation, s*b*h*34 with selective recomputation, s*b*h*2 with full recomputation; divided by TP
 when sequence parallelism is on and by CP; the first pipeline stage of a 1F1B schedule holds pp
 micro-batches in flight, i.e. about num_layers layers' worth.
+
+MoE (expert parallelism ep): a rank holds num_experts / ep routed experts of each of its MoE layers
+(expert tensor parallelism = tp, megatron-core's default), the router and the shared expert as any dense
+weight; the distributed optimizer shards expert state over the expert-data-parallel ranks
+(dp * cp / ep) and the rest over dp. Activations use the dense formula (an approximation for MoE
+layers: routed tokens are held topk times at moe_ffn_hidden_size instead of once at ffn_hidden_size).
 """
 
 from __future__ import annotations
@@ -38,32 +44,58 @@ class RankMemory:
         return self.weights + self.grads + self.optimizer + self.activations + self.logits
 
 
-def rank_params(shape: Shape, vocab: int, tp: int, pp: int) -> tuple[int, int]:
-    """(parameters on the first stage, on the last stage) of one TP rank."""
-    h, f = shape.hidden_size, shape.ffn_hidden_size
+def _stage_layers(shape: Shape, pp: int) -> tuple[range, range]:
+    """Global layer indices of the first and of the last pipeline stage."""
+    n = shape.num_layers // pp
+    return range(0, n), range(shape.num_layers - n, shape.num_layers)
+
+
+def _layer_params(shape: Shape, i: int, tp: int, ep: int) -> int:
+    """Parameters of global layer i on one rank (TP splits the matmuls, EP the routed experts)."""
+    h = shape.hidden_size
     q = shape.num_attention_heads * shape.head_dim
     kv = shape.num_query_groups * shape.head_dim
-    split = (h * (q + 2 * kv) + q * h + 3 * h * f) // tp  # QKV, proj, fc1 (gate+up), fc2
+    split = (h * (q + 2 * kv) + q * h) // tp  # QKV, proj
     replicated = 2 * h + 2 * shape.head_dim  # two RMSNorms, q/k norms
-    per_layer = split + replicated
-    layers = shape.num_layers // pp
+    if not shape.is_moe_layer(i):
+        return split + 3 * h * shape.ffn_hidden_size // tp + replicated  # fc1 (gate+up), fc2
+    experts = shape.num_experts // ep * 3 * h * shape.moe_ffn_hidden_size // tp  # expert TP = tp
+    shared = 3 * h * shape.moe_shared_expert_size // tp
+    router = h * shape.num_experts  # replicated on every rank (the expert bias is a buffer)
+    return split + experts + shared + router + replicated
+
+
+def rank_params(shape: Shape, vocab: int, tp: int, pp: int, ep: int = 1) -> tuple[int, int]:
+    """(parameters on the first stage, on the last stage) of one TP (and EP) rank."""
+    h = shape.hidden_size
+    first_layers, last_layers = (sum(_layer_params(shape, i, tp, ep) for i in r) for r in _stage_layers(shape, pp))
     embedding = vocab * h // tp
     if pp == 1:
-        only = layers * per_layer + h + embedding * (1 if shape.tie_embeddings else 2)
+        only = first_layers + h + embedding * (1 if shape.tie_embeddings else 2)
         return only, only
     # with PP the last stage holds its own output layer, a copy of the embedding when tied
-    return layers * per_layer + embedding, layers * per_layer + h + embedding
+    return first_layers + embedding, last_layers + h + embedding
 
 
-def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int]]:
-    """(tp, pp) -> (parameters on a first-stage rank, on a last-stage rank), counted on real megatron-core
-    models built on the meta device, one rank at a time.
+def rank_expert_params(shape: Shape, tp: int, pp: int, ep: int = 1) -> tuple[int, int]:
+    """(routed-expert parameters on a first-stage rank, on a last-stage rank): the part of rank_params
+    whose optimizer state is sharded over the expert-data-parallel ranks."""
+    per = shape.num_experts // max(ep, 1) * 3 * shape.hidden_size * shape.moe_ffn_hidden_size // tp
+    first, last = _stage_layers(shape, pp)
+    return (sum(per for i in first if shape.is_moe_layer(i)), sum(per for i in last if shape.is_moe_layer(i)))
+
+
+def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int, int]]:
+    """(tp, pp) or (tp, pp, ep) -> (parameters on a first-stage rank, on a last-stage rank), counted on real
+    megatron-core models built on the meta device, one rank at a time.
 
     megatron-core sizes every layer from its process groups, so each rank is built inside torch's fake
     process group ("fake" backend + FakeStore: collectives are no-ops, no peers needed) with the layout's
-    world size, as torchtitan does for its memory estimates. There is no public torch API for this; the
-    module lives under torch.testing. The local layer spec is used: Transformer Engine's layers have the
-    same parameters and need a GPU to build. vocab_size is the tokenizer's; it is padded per TP size.
+    world size (tp * pp * ep: the smallest world with an expert-parallel group of ep), as torchtitan does
+    for its memory estimates. There is no public torch API for this; the module lives under
+    torch.testing. The local layer spec is used (megatron-core's decoder block spec for MoE shapes):
+    Transformer Engine's layers have the same parameters and need a GPU to build. vocab_size is the
+    tokenizer's; it is padded per TP size.
     """
     import torch
     import torch.distributed as dist
@@ -78,16 +110,20 @@ def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, int
         raise RuntimeError("meta_rank_params builds its own process groups; call it outside a distributed run")
     if not torch.cuda.is_available():
         install_cpu_mode()
-    spec, _ = qwen3.layer_spec("local")
     out = {}
-    for tp, pp in layouts:
+    for layout in layouts:
+        tp, pp, ep = (*layout, 1)[:3]
+        world = tp * pp * ep
         counts = []
-        for rank in (0, tp * pp - 1):  # pipeline-parallel is the outermost group: the last rank is on the last stage
-            dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=tp * pp)
+        for rank in (0, world - 1):  # pipeline-parallel is the outermost group: the last rank is on the last stage
+            dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
             try:
-                ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
-                config = qwen3.transformer_config(shape, ParallelConfig(tp=tp, pp=pp), dtype=torch.bfloat16,
+                ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                             expert_model_parallel_size=ep, create_gloo_process_groups=False)
+                config = qwen3.transformer_config(shape, ParallelConfig(tp=tp, pp=pp, ep=ep), dtype=torch.bfloat16,
                                                   use_cpu_init=True, recompute="none")
+                config.perform_initialization = False  # shapes only (random init on meta is slow for 5k experts)
+                spec, _ = qwen3.layer_spec("local", config=config)
                 with torch.device("meta"):
                     model = qwen3.build_gpt(config, shape, qwen3.padded_vocab_size(vocab_size, tp), 4096, spec,
                                             pre_process=ps.is_pipeline_first_stage(),
@@ -96,23 +132,27 @@ def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, int
             finally:
                 ps.destroy_model_parallel()
                 dist.destroy_process_group()
-        out[(tp, pp)] = (counts[0], counts[1])
+        out[tuple(layout)] = (counts[0], counts[1])
     return out
 
 
 def estimate(shape: Shape, vocab: int, tp: int, pp: int, cp: int, dp: int, seq_length: int,
              micro_batch_size: int = 1, recompute: str = "selective", sequence_parallel: bool = True,
              distributed_optimizer: bool = True, bf16: bool = True,
-             params: Optional[tuple[int, int]] = None) -> RankMemory:
+             params: Optional[tuple[int, int]] = None, ep: int = 1) -> RankMemory:
     """params: (first-stage, last-stage) parameters of one rank, e.g. from meta_rank_params; default the
-    closed form. vocab is the padded vocabulary."""
-    first, last = params or rank_params(shape, vocab, tp, pp)
+    closed form. vocab is the padded vocabulary. ep: expert-parallel size (MoE shapes)."""
+    first, last = params or rank_params(shape, vocab, tp, pp, ep)
+    stage = 0 if first >= last else 1
     params = max(first, last)
+    experts = rank_expert_params(shape, tp, pp, ep)[stage] if shape.is_moe else 0
     wbytes = 2 if bf16 else 4
     weights = params * wbytes
     grads = params * 4  # grad_reduce_in_fp32
     opt_per_param = (4 if bf16 else 0) + 8  # fp32 master copy (bf16 runs) + Adam moments
-    optimizer = params * opt_per_param / (dp if distributed_optimizer else 1)
+    expert_dp = max(dp * cp // ep, 1)  # expert-data-parallel ranks (expert TP = tp)
+    optimizer = ((params - experts) * opt_per_param / (dp if distributed_optimizer else 1)
+                 + experts * opt_per_param / (expert_dp if distributed_optimizer else 1))
     s = seq_length / cp
     b, h, a = micro_batch_size, shape.hidden_size, shape.num_attention_heads
     if recompute == "full":

@@ -54,3 +54,56 @@ def test_meta_device_models_have_the_closed_form_counts(preset, layouts):
     built = plan.meta_rank_params(shape, 151669, layouts)
     for tp, pp in layouts:
         assert built[(tp, pp)] == plan.rank_params(shape, padded_vocab_size(151669, tp), tp, pp), (tp, pp)
+
+
+def test_llada2_mini_has_the_published_size():
+    # LLaDA2.0-mini: "16B" total, about 1.4B activated per token (vocab 157184, untied embeddings)
+    shape = PRESETS["llada2_mini"]
+    total = num_parameters(shape, 157184)
+    active = num_parameters(shape, 157184, active=True)
+    assert 15.5e9 < total < 16.7e9, total
+    assert 1.3e9 < active < 1.6e9, active
+    # 19 MoE layers of 256 experts hold almost all of it
+    experts = 19 * 256 * 3 * 2048 * 512
+    assert experts / total > 0.9
+
+
+def test_expert_parallelism_splits_only_the_routed_experts():
+    shape = PRESETS["llada2_mini"]
+    vocab = padded_vocab_size(157184, 1)
+    one, _ = plan.rank_params(shape, vocab, tp=1, pp=1, ep=1)
+    eight, _ = plan.rank_params(shape, vocab, tp=1, pp=1, ep=8)
+    experts, _ = plan.rank_expert_params(shape, tp=1, pp=1, ep=1)
+    assert one - eight == experts - experts // 8
+    # with EP the expert optimizer state is sharded over dp/ep ranks: the same bytes per rank at dp=ep=8
+    a = plan.estimate(shape, vocab, 1, 1, 1, 8, 8192, ep=1)
+    b = plan.estimate(shape, vocab, 1, 1, 1, 8, 8192, ep=8)
+    assert b.weights < a.weights / 4 and b.optimizer == pytest.approx(a.optimizer, rel=1e-9)
+
+
+@pytest.mark.parametrize("preset,layouts", [
+    ("llada2_mini", [(1, 1, 1), (1, 2, 8)]),  # the dense first layer only on the first stage
+    ("tiny_moe", [(1, 1), (1, 2, 2), (2, 1, 2)]),
+])
+def test_meta_device_moe_models_have_the_closed_form_counts(preset, layouts):
+    # megatron-core's MoE layers (router, SequentialMLP experts split over ep ranks, shared expert),
+    # first-k-dense through moe_layer_freq, built on the meta device per (tp, pp, ep)
+    shape = PRESETS[preset]
+    vocab = 157184 if preset == "llada2_mini" else 454
+    built = plan.meta_rank_params(shape, vocab, layouts)
+    for layout in layouts:
+        tp, pp, ep = (*layout, 1)[:3]
+        assert built[layout] == plan.rank_params(shape, padded_vocab_size(vocab, tp), tp, pp, ep), layout
+    if preset == "llada2_mini":
+        assert built[(1, 1, 1)][0] == num_parameters(shape, padded_vocab_size(vocab, 1))
+
+
+def test_shipped_llada2_mini_config_fits_one_8xh100_node():
+    cfg = load_config(REPO / "configs" / "llada2_mini" / "sft.yaml")
+    shape = resolve_shape(cfg.model)
+    p = cfg.parallel
+    assert shape.is_moe and cfg.model.objective == "dllm" and p.ep == 8
+    est = plan.estimate(shape, padded_vocab_size(157184, p.tp), p.tp, p.pp, p.cp, 8 // (p.tp * p.pp * p.cp),
+                        cfg.data.seq_length, cfg.train.micro_batch_size, cfg.model.recompute, p.sequence_parallel,
+                        p.distributed_optimizer, ep=p.ep)
+    assert est.total < 79.6 * plan.GiB * 0.9
