@@ -1,6 +1,15 @@
 """Read a t3s checkpoint at any saved layout as one full (unsharded) state dict, in one process.
 
-Used by HF export and by tests that compare weights across parallel layouts ("after gathering").
+Two readers, which a test keeps equal on TP=2 / PP=2 / DP=2 snapshots:
+
+- read_full_state: torch.distributed.checkpoint (DCP) reads megatron's torch_dist files directly, with no
+  process group and no model: megatron stores every parameter under a global key and global shape
+  (TP shards and PP stages are offsets into it; the transformer layers are stacked on a leading layer
+  axis), so DCP's single-process load already is the TP=1/PP=1 tensor. About a second for a small model;
+  HF export and the bottleneck's snapshot evaluation use it, in the calling process.
+- load_full_state_dict: megatron builds the model and dist_checkpointing loads into it (the way training
+  loads). Needs torch.distributed and megatron's parallel state, so it runs in a process of its own;
+  `python -m t3s_nemo.checkpoint.consolidate` and MoE shapes use it.
 """
 
 from __future__ import annotations
@@ -40,6 +49,72 @@ def config_for(marker: dict) -> Config:
     cfg.model.spec = "local"
     cfg.train.precision = "fp32"
     return cfg
+
+
+# megatron's checkpoint keys name the fused layer norms the way Transformer Engine's spec does; its local
+# spec maps them back (sharded_state_dict_keys_map). These are the local names.
+_CKPT_TO_LOCAL = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+                  "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
+_LAYER_KEYS = ("input_layernorm.weight", "self_attention.linear_qkv.weight", "self_attention.q_layernorm.weight",
+               "self_attention.k_layernorm.weight", "self_attention.linear_proj.weight", "pre_mlp_layernorm.weight",
+               "mlp.linear_fc1.weight", "mlp.linear_fc2.weight")
+
+
+def expected_keys(shape: Shape) -> list[str]:
+    """The local-spec state dict keys of a dense GPTModel of this shape (TP=1, PP=1)."""
+    keys = ["embedding.word_embeddings.weight", "decoder.final_layernorm.weight"]
+    if not shape.tie_embeddings:
+        keys.append("output_layer.weight")
+    return keys + [f"decoder.layers.{i}.{k}" for i in range(shape.num_layers) for k in _LAYER_KEYS]
+
+
+def read_full_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, Shape]:
+    """(state dict of the TP=1/PP=1 GPTModel, local-spec names, marker, shape) of a dense checkpoint, via DCP.
+
+    No torch.distributed, no megatron import, host memory only.
+    """
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from t3s_nemo.errors import T3SError
+    from t3s_nemo.model.qwen3 import resolve_shape
+
+    path = Path(path)
+    marker = W.read_marker(path)
+    if (marker.get("shape") or {}).get("num_experts", 0):
+        raise T3SError(f"{path}: an MoE checkpoint; read it with load_full_state_dict")
+    shape = resolve_shape(config_for(marker).model)
+    try:
+        reader = dcp.FileSystemReader(str(path))
+        meta = reader.read_metadata()
+    except Exception as e:
+        raise T3SError(f"{path}: not a readable torch_dist checkpoint ({type(e).__name__}: {e})") from None
+    want = set(expected_keys(shape))
+    stacked = {k: v for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)
+               and not k.startswith("optimizer") and "_extra_state" not in k}
+    buffers = {k: torch.empty(v.size, dtype=v.properties.dtype) for k, v in stacked.items()
+               if k.startswith("decoder.layers.") or k in want}
+    with warnings.catch_warnings():  # "torch.distributed is ... uninitialized, assuming ... a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(buffers, storage_reader=reader, no_dist=True)
+    state: dict[str, torch.Tensor] = {}
+    for key, t in buffers.items():
+        if not key.startswith("decoder.layers."):
+            state[key] = t
+            continue
+        name = key.removeprefix("decoder.layers.")
+        name = _CKPT_TO_LOCAL.get(name, name)
+        if t.shape[0] != shape.num_layers:
+            raise T3SError(f"{path}: '{key}' stacks {t.shape[0]} layers, the marker's shape has {shape.num_layers}")
+        for i in range(shape.num_layers):
+            state[f"decoder.layers.{i}.{name}"] = t[i].clone()
+    missing, extra = want - state.keys(), state.keys() - want
+    if missing or extra:
+        raise T3SError(f"{path}: checkpoint tensors do not match a dense {marker.get('preset')} model "
+                       f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})")
+    return state, marker, shape
 
 
 def load_full_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, Shape]:

@@ -3,8 +3,10 @@
 Megatron-Bridge's AutoBridge does this conversion, but it imports Transformer Engine and does not
 install on CPU machines (docs/engine.md), so the Qwen3 mapping is written here: megatron's fused QKV
 (rows grouped per query group: the group's query heads, then its key head, then its value head), the
-fused [gate; up] fc1, QK-norm, and tied embeddings. Conversion runs in one process on the TP=1/PP=1
-layout; dist_checkpointing reshards to any layout when a run loads the result.
+fused [gate; up] fc1, QK-norm, and tied embeddings. Export reads the checkpoint's global tensors with
+torch.distributed.checkpoint in the calling process (checkpoint/consolidate.py: read_full_state), so it
+needs neither megatron's parallel state nor a GPU; import builds the TP=1/PP=1 megatron model in one
+process, and dist_checkpointing reshards to any layout when a run loads the result.
 
     python -m t3s_nemo.model.hf export CKPT OUT_DIR [--tokenizer DIR] [--dtype bf16|fp32]
     python -m t3s_nemo.model.hf import HF_DIR OUT_CKPT
@@ -150,20 +152,20 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
     """t3s checkpoint (any layout) -> HF directory: model.safetensors, config.json, generation_config.json, tokenizer."""
     from safetensors.torch import save_file
 
-    from t3s_nemo.checkpoint.consolidate import load_full_state_dict
+    from t3s_nemo.checkpoint import weights as W
+    from t3s_nemo.checkpoint.consolidate import read_full_state
     from t3s_nemo.data.tokenizer import fingerprint, load_tokenizer
     from t3s_nemo.io import atomic_write_json, staged_dir
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise T3SError(f"{out}: output directory exists (pass --overwrite to replace it)")
-    _host_only()
-    from t3s_nemo.checkpoint import weights as W
-
     early = W.read_marker(ckpt)
     if (early.get("shape") or {}).get("num_experts", 0):
         raise T3SError(f"{ckpt}: an MoE ({early.get('preset')}) checkpoint; Hugging Face export covers dense Qwen3 only")
-    state, marker, shape = load_full_state_dict(ckpt)
+    # torch.distributed.checkpoint reads the shards on the host, in this process (no megatron, no GPU), so
+    # callers such as the bottleneck export every snapshot without starting a process per snapshot
+    state, marker, shape = read_full_state(ckpt)
     if marker.get("objective", "ar") != "ar":
         raise T3SError(f"{ckpt}: a {marker['objective']} checkpoint is not a Qwen3ForCausalLM")
     tok_dir = Path(tokenizer or marker.get("tokenizer") or "")

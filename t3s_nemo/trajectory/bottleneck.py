@@ -1,7 +1,7 @@
 """The Imitation Bottleneck theta_b: the trajectory snapshot with the lowest training accuracy.
 
-For each selected snapshot of a trajectory run: export it to a temporary Hugging Face directory (not
-with generation.backend=megatron, which samples from the snapshot itself), sample
+For each selected snapshot of a trajectory run: export it to a temporary Hugging Face directory, in this
+process (not with generation.backend=megatron, which samples from the snapshot itself), sample
 generation.n answers to the training prompts, verify them against the gold answers (math-verify), and
 save the result to RUN/bottleneck/step_N.json (a rerun skips those). A rule then picks theta_b on the
 accuracy curve, and a dip check refuses runs without an Imitation Shock (T3S does not apply to them).
@@ -18,8 +18,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ SUMMARY = "bottleneck.json"
 PLOT = "accuracy.png"
 # the keys `t3s bottleneck RUN key=value` may change; the rest of the run's config is what was trained
 OVERRIDABLE = ("generation.", "bottleneck.", "data.path")
-# launcher variables an export child must not inherit: it is one process, whatever launched us
+# launcher variables a sampler child must not inherit: it is one process, whatever launched us
 _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
                "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_USE_AGENT_STORE")
 
@@ -199,16 +197,13 @@ def read_losses(run_dir: Path) -> dict[int, float]:
 
 # ---- one snapshot --------------------------------------------------------------------------------------
 def export_snapshot(snapshot: Path, out: Path, tokenizer_dir: Path) -> None:
-    """HF export in a child process: the exporter sets up torch.distributed and a CPU mode in its process."""
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_ENV}
-    cmd = [sys.executable, "-m", "t3s_nemo.model.hf", "export", str(snapshot), str(out),
-           "--tokenizer", str(tokenizer_dir), "--overwrite"]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        lines = [ln for ln in (p.stderr + "\n" + p.stdout).splitlines() if ln.strip()]
-        errors = [ln.strip() for ln in lines if "error" in ln.lower()]
-        last = (errors or lines or ["no output"])[-1].strip()
-        raise T3SError(f"{snapshot}: export for generation failed: {last.removeprefix('error:').strip()}")
+    """HF export of a snapshot, in this process (torch.distributed.checkpoint reads it on the host)."""
+    from t3s_nemo.model.hf import export
+
+    try:
+        export(snapshot, out, tokenizer_dir, overwrite=True)
+    except T3SError as e:
+        raise T3SError(f"{snapshot}: export for generation failed: {e}") from None
 
 
 def evaluate_snapshot(snapshot: Path, step: int, prompts: list[list[int]], answers: list[str], gen: dict,
@@ -267,6 +262,40 @@ def load_result(path: Path, key: dict) -> Optional[dict]:
     if r.get("generation") != key["generation"] or r.get("ids") != key["ids"]:
         return None
     return r
+
+
+def evaluate_cached(snapshots: Sequence[tuple[int, Path]], results_dir: Path, prompts: list[list[int]],
+                    answers: list[str], gen: dict, key: dict, tokenizer_dir: Path, bar, label: str = "step") -> list[dict]:
+    """Evaluate snapshots, reusing RUN/bottleneck/step_N.json results made with the same key; saves new ones."""
+    from t3s_nemo.console import console
+    from t3s_nemo.io import atomic_write_json
+
+    for step, _ in snapshots:  # temporary exports of an interrupted earlier run (only ours: shards run side by side)
+        for stale in results_dir.glob(f".hf-step_{step}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    results = []
+    overall = bar.add_task(f"{label.removesuffix('step').strip() or 'snapshots'}: snapshots", total=len(snapshots))
+    for step, snap in snapshots:
+        out = results_dir / f"step_{step}.json"
+        r = load_result(out, key)
+        if r is None:
+            if out.exists():
+                console.print(f"{label} {step}: saved result used other generation settings or prompts; evaluating again")
+            task = bar.add_task(f"{label} {step}: export", total=len(prompts))
+            r = evaluate_snapshot(
+                snap, step, prompts, answers, gen, tokenizer_dir, results_dir,
+                on_phase=lambda phase, t=task, s=step: bar.update(t, description=f"{label} {s}: {phase}"),
+                on_progress=lambda k, t=task: bar.advance(t, k),
+            )
+            bar.remove_task(task)
+            r.update(key, backend=gen["backend"])
+            atomic_write_json(out, r)
+            console.print(f"{label} {step}: train accuracy {r['accuracy']:.3f} ({sum(r['correct'])}/"
+                          f"{r['prompts'] * r['n']}), {r['mean_tokens']:.0f} tokens per answer, {r['seconds']:.0f} s")
+        results.append(r)
+        bar.advance(overall)
+    bar.remove_task(overall)
+    return results
 
 
 # ---- outputs -------------------------------------------------------------------------------------------
@@ -371,9 +400,8 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
     """
     from t3s_nemo.checkpoint.manager import step_dirs
     from t3s_nemo.config import resolve_path
-    from t3s_nemo.console import console, progress
+    from t3s_nemo.console import progress
     from t3s_nemo.data.packed import PackedDataset
-    from t3s_nemo.io import atomic_write_json
     from t3s_nemo.trajectory.generate import resolve_backend
 
     run_dir = Path(run_dir).resolve()
@@ -403,34 +431,9 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
     ids, prompts, answers = training_prompts(ds, b.num_prompts, g.seed)
     gen = generation_settings(cfg, backend)
     key = result_key(gen, ids)
-    results_dir = run_dir / RESULTS
     todo = chosen if shard is None else chosen[shard[0]::shard[1]]
-    for step, _ in todo:  # temporary exports of an interrupted earlier run (only ours: shards run side by side)
-        for stale in results_dir.glob(f".hf-step_{step}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-
-    results: list[dict] = []
     with progress() as bar:
-        snap_task = bar.add_task("snapshots", total=len(todo))
-        for step, snap in todo:
-            out = results_dir / f"step_{step}.json"
-            r = load_result(out, key)
-            if r is None:
-                if out.exists():
-                    console.print(f"step {step}: saved result used other generation settings or prompts; evaluating again")
-                prompt_task = bar.add_task(f"step {step}: export", total=len(prompts))
-                r = evaluate_snapshot(
-                    snap, step, prompts, answers, gen, ds.tokenizer_dir, results_dir,
-                    on_phase=lambda phase, t=prompt_task, s=step: bar.update(t, description=f"step {s}: {phase}"),
-                    on_progress=lambda k, t=prompt_task: bar.advance(t, k),
-                )
-                bar.remove_task(prompt_task)
-                r.update(key, backend=backend)
-                atomic_write_json(out, r)
-                console.print(f"step {step}: train accuracy {r['accuracy']:.3f} ({sum(r['correct'])}/"
-                              f"{r['prompts'] * r['n']}), {r['mean_tokens']:.0f} tokens per answer, {r['seconds']:.0f} s")
-            results.append(r)
-            bar.advance(snap_task)
+        results = evaluate_cached(todo, run_dir / RESULTS, prompts, answers, gen, key, ds.tokenizer_dir, bar)
 
     if shard is not None:
         return {"shard": list(shard), "steps": [s for s, _ in todo], "accuracy": [r["accuracy"] for r in results]}

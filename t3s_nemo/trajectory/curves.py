@@ -20,24 +20,10 @@ LABELS = {"sft": "SFT", "t3s": "T3S", "reverse": "-T3S (reverse)", "static-confi
 
 
 def _evaluate(snapshots: list[tuple[int, Path]], results_dir: Path, ctx: dict, bar, label: str) -> list[dict]:
-    from t3s_nemo.console import console
-    from t3s_nemo.io import atomic_write_json
-    from t3s_nemo.trajectory.bottleneck import evaluate_snapshot, load_result
+    from t3s_nemo.trajectory.bottleneck import evaluate_cached
 
-    out = []
-    for step, snap in snapshots:
-        path = results_dir / f"step_{step}.json"
-        r = load_result(path, ctx["key"])
-        if r is None:
-            task = bar.add_task(f"{label} step {step}", total=len(ctx["prompts"]))
-            r = evaluate_snapshot(snap, step, ctx["prompts"], ctx["answers"], ctx["gen"], ctx["tokenizer"], results_dir,
-                                  on_progress=lambda k, t=task: bar.advance(t, k))
-            bar.remove_task(task)
-            r.update(ctx["key"], backend=ctx["gen"]["backend"])
-            atomic_write_json(path, r)
-            console.print(f"{label} step {step}: train accuracy {r['accuracy']:.3f}, {r['mean_tokens']:.0f} tokens per answer")
-        out.append(r)
-    return out
+    return evaluate_cached(snapshots, results_dir, ctx["prompts"], ctx["answers"], ctx["gen"], ctx["key"],
+                           ctx["tokenizer"], bar, label=f"{label} step")
 
 
 def accuracy_curves(root: Path, runs: dict[str, str], data: str, every: int = 1) -> dict:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from procs import TINY, env, run, train
+from t3s_nemo.checkpoint.consolidate import read_full_state
 
 STEPS = ("train.steps=3", "train.global_batch_size=4", "train.micro_batch_size=1", "train.warmup_steps=0",
          "train.lr=3e-3", "checkpoint.snapshot_interval=3")
@@ -40,6 +41,11 @@ def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
         assert a["trained_tokens"] == b["trained_tokens"]
     snapshot = tmp_path / "run" / "snapshots" / "step_3"
     (mine,) = consolidate((snapshot, tmp_path / "mine.pt"))
+    # the host-side DCP reader (HF export, snapshot evaluation) gathers the same tensors as megatron's load
+    direct, _, _ = read_full_state(snapshot)
+    assert direct.keys() == mine.keys()
+    for k in mine:
+        assert torch.equal(direct[k], mine[k]), k
     theirs, start = reference["final"], reference["start"]
     assert mine.keys() == theirs.keys()
     for k in mine:
