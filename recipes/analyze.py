@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -133,17 +134,28 @@ class Engine:
 
         return param_is_not_tensor_parallel_duplicate(p) or self.tp_rank == 0
 
-    def group_grads(self, batches: list[dict], weights: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
-        """Gradients of sum(w_k * ce) for each weight set k (one backward per set), as lists per parameter."""
-        out = []
-        for k in range(len(weights[0])):
-            self.model.zero_grad(set_to_none=True)
-            for batch, w in zip(batches, weights):
-                ce = self.per_token_loss(batch)
-                (ce * w[k].to(ce.device)).sum().backward()
-            out.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params()])
+    def group_grads(self, batches: list[dict], weights: list[list[torch.Tensor]],
+                    masks: Optional[list[tuple[torch.Tensor, ...]]] = None) -> tuple[list[list[torch.Tensor]], list[float]]:
+        """Gradients of sum(w_k * ce) for each weight set k, as lists per parameter, and sum(ce[mask_j]) per mask j.
+
+        One forward per batch; the graph is kept for one backward per weight set.
+        """
+        n = len(weights[0])
+        grads: list[Optional[list[torch.Tensor]]] = [None] * n
+        sums = [0.0] * len(masks[0]) if masks else []
         self.model.zero_grad(set_to_none=True)
-        return out
+        for i, (batch, w) in enumerate(zip(batches, weights)):
+            ce = self.per_token_loss(batch)
+            if masks:
+                detached = ce.detach().cpu()
+                for j, m in enumerate(masks[i]):
+                    sums[j] += float(detached[m].sum())
+            for k in range(n):
+                (ce * w[k].to(ce.device)).sum().backward(retain_graph=k < n - 1)
+                g = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params()]
+                grads[k] = g if grads[k] is None else [a + b for a, b in zip(grads[k], g)]
+                self.model.zero_grad(set_to_none=True)
+        return grads, sums
 
     def dot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
         s = torch.zeros((), dtype=torch.float64)
@@ -188,14 +200,8 @@ def gradients(a, eng: Engine) -> dict:
         eng.load(path)
         # each group's share of the SFT loss: sum over the group / all response tokens, so g = g_A + g_O
         weights = [[m[0].float() / total, m[1].float() / total] for m in masks]
-        g_a, g_o = eng.group_grads(batches, weights)
+        (g_a, g_o), (la, lo) = eng.group_grads(batches, weights, masks)
         aa, oo, ao = eng.dot(g_a, g_a), eng.dot(g_o, g_o), eng.dot(g_a, g_o)
-        with torch.no_grad():
-            la = lo = 0.0
-            for b, (ma, mo) in zip(batches, masks):
-                ce = eng.per_token_loss(b).cpu()
-                la += float(ce[ma].sum())
-                lo += float(ce[mo].sum())
         na, no = aa ** 0.5, oo ** 0.5
         rows.append({"step": step, "checkpoint": str(path), "anchor_grad_norm": na, "other_grad_norm": no,
                      "ratio": na / no if no > 0 else None,
@@ -222,7 +228,7 @@ def transfer(a, eng: Engine) -> dict:
     eng.load(a.checkpoint[0])
     base = eng.group_losses(eval_batches, eval_groups, n)
     weights = [[torch.from_numpy((g == i).astype(np.float32)) / max(counts[i], 1) for i in range(n)] for g in groups]
-    grads = eng.group_grads(batches, weights)
+    grads, _ = eng.group_grads(batches, weights)
     matrix = []
     params = eng.params()
     bar = progress()

@@ -18,7 +18,6 @@ the answer length is max-new-tokens rounded up to a whole block; top-p is not us
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

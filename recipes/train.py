@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
     from t3s_nemo.training.logging import TrajectoryLog, peak_flops, print_line
     from t3s_nemo.training.loss import t3s_forward_step
-    from t3s_nemo.training.setup import build_model, build_optimizer, build_scheduler, unwrap, wrap_ddp
+    from t3s_nemo.training.setup import build_model, build_optimizer, build_scheduler, wrap_ddp
 
     # ---- set-up -------------------------------------------------------------------------------------
     mode, cfg = parse_args(sys.argv[1:] if argv is None else argv)

@@ -164,7 +164,7 @@ def dllm_forward_step(data_iterator: Iterator[dict], model, use_te: Optional[boo
 
     Items of data_iterator are DllmBins micro-batches carrying a `noise_seed` (add_noise_seeds).
     """
-    from t3s_nemo.training.loss import _uses_te, masked_token_loss
+    from t3s_nemo.training.loss import _uses_te
 
     batch = next(data_iterator)
     noised = noise_batch(batch, mask_token_id, eps)

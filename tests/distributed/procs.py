@@ -35,6 +35,14 @@ def run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     return p
 
 
+def run_script(name: str, *args) -> dict:
+    """Run tests/distributed/scripts/NAME with args; returns the JSON it prints after 'RESULT '."""
+    p = run([sys.executable, str(REPO / "tests" / "distributed" / "scripts" / name), *map(str, args)])
+    if "RESULT " not in p.stdout:
+        pytest.fail(f"{name} printed no RESULT line\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
+    return json.loads(p.stdout.rsplit("RESULT ", 1)[1].splitlines()[0])
+
+
 def train(run_dir: Path, data: Path, *overrides: str, nproc: int = 1, mode: str = "sft") -> list[dict]:
     """Run the train recipe (under torchrun when nproc > 1); returns trajectory.jsonl records."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]

@@ -3,10 +3,9 @@
 import json
 import sys
 
-import pytest
 import torch
 
-from procs import DEMO, REPO, run
+from procs import DEMO, run
 
 
 def _greedy_accuracy(model_dir, records):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from procs import DEMO, REPO, run, t3s
+from procs import DEMO, REPO, run_script, t3s
 
 
 def tiny_hf_model(path, tie: bool):
@@ -31,8 +31,7 @@ def tiny_hf_model(path, tie: bool):
 def test_import_and_export_match_transformers_logits(tie, tmp_path):
     hf = tmp_path / "hf"
     tiny_hf_model(hf, tie)
-    p = run([sys.executable, str(REPO / "tests" / "distributed" / "scripts" / "hf_checks.py"), str(hf), str(tmp_path)])
-    r = json.loads(p.stdout.split("RESULT ", 1)[1])
+    r = run_script("hf_checks.py", hf, tmp_path)
     assert r["import_max_abs_diff"] < 1e-4
     assert r["export_max_abs_diff"] < 1e-4
     assert r["roundtrip_same_keys"] and r["roundtrip_max_abs_diff"] == 0.0

@@ -1,14 +1,10 @@
 """The real GPTModel with the T3S loss hook, in one process (a subprocess, CPU mode)."""
 
-import json
-import sys
-
-from procs import REPO, run
+from procs import run_script
 
 
 def test_packed_masked_and_all_masked_behaviour(tiny_data):
-    p = run([sys.executable, str(REPO / "tests" / "distributed" / "scripts" / "model_checks.py"), str(tiny_data)])
-    r = json.loads(p.stdout.split("RESULT ", 1)[1])
+    r = run_script("model_checks.py", tiny_data)
     # packed bins with the block-diagonal mask give each example the loss it has alone
     assert r["examples_compared"] >= 2
     assert r["packed_vs_unpacked_max_abs_diff"] < 1e-5

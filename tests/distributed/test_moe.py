@@ -6,12 +6,11 @@ gradients with exactly its coefficient."""
 
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
 
-from procs import REPO, TINY, run, t3s, train
+from procs import TINY, run, run_script, t3s, train
 
 # constant LR and no warm-up: the first 3 steps of the 8-step run are the 3-step EP=2 run's steps
 STEPS = ("model.preset=tiny_moe", "model.objective=dllm", "train.global_batch_size=4", "train.micro_batch_size=1",
@@ -59,8 +58,7 @@ def test_ep2_matches_single_process(single, tiny_data, tmp_path):
 @pytest.fixture(scope="module")
 def checks(tiny_data):
     """One subprocess: the tiny MoE dLLM's gradients at aux-loss coefficients 0, 0.1 and 0.2."""
-    p = run([sys.executable, str(REPO / "tests" / "distributed" / "scripts" / "moe_checks.py"), str(tiny_data)])
-    return json.loads(p.stdout.split("RESULT ", 1)[1])
+    return run_script("moe_checks.py", tiny_data)
 
 
 def test_aux_loss_reaches_the_gradients_with_its_coefficient(checks):

@@ -15,7 +15,7 @@ def test_pipeline_runs_every_stage_and_resumes(tiny_data, tmp_path):
             "pipeline.sft_steps=3", "train.global_batch_size=2", "pipeline.baselines=[random]", "pipeline.rrt=true",
             "generation.n=1", "generation.max_new_tokens=8", "bottleneck.num_prompts=2", "train.tensorboard=false",
             "checkpoint.async_save=false", "pipeline.curves=true", "--force"]
-    first = run(args)
+    run(args)
     s = json.loads((root / "pipeline.json").read_text())
     assert set(s["runs"]) == {"sft", "t3s", "random", "rrt"}
     assert 1 <= s["bottleneck_step"] <= 3  # theta_0 is the reference, never theta_b

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from procs import REPO, run, t3s, train
+from procs import REPO, run, run_script, t3s, train
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,7 @@ def test_profile_matches_transformers_and_tp2(trajectory, tmp_path):
     run_dir, data = trajectory
     run([*t3s(), "profile", str(run_dir)])
     run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(run_dir / "snapshots" / "step_2"), str(tmp_path / "hf")])
-    p = run([sys.executable, str(REPO / "tests/distributed/scripts/profile_vs_hf.py"), str(data), str(tmp_path / "hf"),
-             str(run_dir / "profile" / "logp_b.npz")])
-    r = json.loads(p.stdout.split("RESULT ", 1)[1])
+    r = run_script("profile_vs_hf.py", data, tmp_path / "hf", run_dir / "profile" / "logp_b.npz")
     assert r["lengths_ok"] and r["examples"] >= 5
     assert r["max_abs_diff"] < 1e-4
     # the same profile at TP=2 (standalone mode)
@@ -146,9 +144,7 @@ def test_analyze_gradients_match_transformers_and_tp2(trajectory, tmp_path):
     assert (tmp_path / "one" / "gradients.png").stat().st_size > 1000
     # the numbers at theta_b against transformers' autograd on the exported snapshot (float64 reference)
     run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(run_dir / "snapshots" / "step_2"), str(tmp_path / "hf")])
-    p = run([sys.executable, str(REPO / "tests/distributed/scripts/grads_vs_hf.py"), str(data), str(tmp_path / "hf"),
-             str(tmp_path / "one" / "gradients.json"), "2"])
-    r = json.loads(p.stdout.split("RESULT ", 1)[1])
+    r = run_script("grads_vs_hf.py", data, tmp_path / "hf", tmp_path / "one" / "gradients.json", 2)
     assert r["anchor_tokens"] == r["ref"]["anchor_tokens"] > 0
     assert r["response_tokens"] == r["ref"]["response_tokens"]
     for key in ("anchor_grad_norm", "other_grad_norm"):
