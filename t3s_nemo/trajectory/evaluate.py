@@ -105,8 +105,12 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
     model, out = Path(model), Path(out)
     benches = {Path(b).stem: read_benchmark(Path(b), problem_field, answer_field) for b in benchmarks}
     out.mkdir(parents=True, exist_ok=True)
+    from t3s_nemo.checkpoint import weights as W
+
+    objective = W.read_marker(model).get("objective", "ar") if W.is_complete(model) else "ar"
     settings = {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
-                "max_new_tokens": gen.max_new_tokens, "seed": gen.seed, "backend": resolve_backend(gen.backend)}
+                "max_new_tokens": gen.max_new_tokens, "seed": gen.seed,
+                "backend": resolve_backend(gen.backend, objective)}
     with tempfile.TemporaryDirectory(dir=out, prefix=".work-") as work:
         hf_dir, tok_dir, fp = _prepare_model(model, tokenizer, Path(work), export=settings["backend"] != "megatron")
         tok = load_tokenizer(tok_dir)
@@ -131,7 +135,7 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
                         chunk, chunk_prompts = todo[i : i + step], prompts[i : i + step]
                         samples = generate(hf_dir, chunk_prompts, gen.n, gen.temperature, gen.top_p,
                                            gen.max_new_tokens, gen.seed + i, gen.batch_size,
-                                           backend=gen.backend, tp=gen.tp, tokenizer_dir=tok_dir)
+                                           backend=settings["backend"], tp=gen.tp, tokenizer_dir=tok_dir)
                         with open(path, "a", encoding="utf-8") as f:
                             for it, ss in zip(chunk, samples):
                                 rec = {"id": it["id"], "answer": it["answer"], "settings": settings,

@@ -30,10 +30,19 @@ class Sample:
     num_tokens: int  # generated tokens, including the end-of-sequence token when the model emitted one
 
 
-def resolve_backend(backend: str) -> str:
-    """The backend `auto` stands for on this machine (vllm needs CUDA and an importable vllm)."""
+def resolve_backend(backend: str, objective: str = "ar") -> str:
+    """The backend `auto` stands for on this machine (vllm needs CUDA and an importable vllm).
+
+    A dLLM (objective dllm) is no Qwen3ForCausalLM: only megatron's backend samples it (block-wise
+    remasking, t3s_nemo/dllm/sampler.py), so auto means megatron for it.
+    """
     if backend not in BACKENDS:
         raise T3SError(f"generation backend '{backend}' is not one of {' | '.join(BACKENDS)}")
+    if objective == "dllm":
+        if backend not in ("auto", "megatron"):
+            raise T3SError(f"generation.backend={backend}: a dLLM (model.objective=dllm) is sampled with its remasking "
+                           "sampler on megatron; use generation.backend=megatron (or auto)")
+        return "megatron"
     if backend != "auto":
         return backend
     import torch

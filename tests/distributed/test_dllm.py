@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from procs import REPO, TINY, run, t3s, train
+from procs import TINY, run, run_script, t3s, train
 
 # constant LR and no warm-up: the first 3 steps of the 10-step run are the 3-step TP=2 run's steps
 STEPS = ("model.objective=dllm", "train.global_batch_size=4", "train.micro_batch_size=1", "train.warmup_steps=0",
@@ -34,7 +34,7 @@ def dllm_data(tiny_data, tmp_path_factory):
 def single(dllm_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("single") / "run"
     run([*t3s(), "sft", str(TINY), f"run_dir={run_dir}", f"data.path={dllm_data}", "train.steps=10",
-         "train.tensorboard=false", *STEPS])
+         "train.tensorboard=false", "checkpoint.snapshot_interval=5", "checkpoint.snapshot_step0=true", *STEPS])
     records = [json.loads(line) for line in (run_dir / "trajectory.jsonl").read_text().splitlines()]
     return run_dir, records
 
@@ -67,8 +67,7 @@ def test_tp2_matches_single_process(single, dllm_data, tmp_path):
 @pytest.fixture(scope="module")
 def checks(tiny_data):
     """One subprocess with a real bidirectional GPTModel (random init): attention and sampler checks."""
-    p = run([sys.executable, str(REPO / "tests" / "distributed" / "scripts" / "dllm_checks.py"), str(tiny_data)])
-    return json.loads(p.stdout.split("RESULT ", 1)[1])
+    return run_script("dllm_checks.py", tiny_data)
 
 
 def test_attention_is_bidirectional_within_an_example_only(checks):
@@ -108,3 +107,25 @@ def test_megatron_backend_samples_a_dllm_checkpoint(single, dllm_data, tmp_path)
     assert all(ds.eos_id not in s[:-1] for s in samples)  # a sample ends at its first eos
     assert out["generated_tokens"] == sum(len(s) for s in samples)
     assert out["samples"][0][0] == out["samples"][0][1]  # greedy: both samples agree
+
+
+def test_bottleneck_stage_samples_a_dllm_run_with_the_remasking_sampler(single, tmp_path):
+    """`t3s bottleneck` on a dLLM trajectory: auto picks the megatron backend, every snapshot is evaluated."""
+    import subprocess
+
+    from procs import env
+
+    run_dir, _ = single
+    args = [*t3s(), "bottleneck", str(run_dir), "bottleneck.num_prompts=2", "generation.n=1",
+            "generation.max_new_tokens=8", "generation.temperature=0", "--force"]
+    # transformers cannot load a dLLM: one clear error before any work, no traceback
+    p = subprocess.run([*args, "generation.backend=transformers"], capture_output=True, text=True, env=env(), timeout=300)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "a dLLM (model.objective=dllm) is sampled with its remasking sampler" in p.stdout + p.stderr
+    assert not (run_dir / "bottleneck.json").exists()
+    run(args)
+    summary = json.loads((run_dir / "bottleneck.json").read_text())
+    assert summary["generation"]["backend"] == "megatron"
+    assert [s["step"] for s in summary["snapshots"]] == [0, 5, 10]
+    assert all(0 < s["mean_tokens"] <= 8 and 0.0 <= s["accuracy"] <= 1.0 for s in summary["snapshots"])
+    assert summary["bottleneck_step"] in (5, 10)
