@@ -158,6 +158,7 @@ class BottleneckConfig:
     window: int = 3  # moving-average window (snapshots)
     recovery: float = 0.05  # first_recovery: accuracy must climb this much above the minimum
     margin: float = 0.02  # the minimum must be this far below theta_0's accuracy to count as a dip
+    tolerance: float = 0.0  # argmin / moving_average: the earliest snapshot within this of the minimum
     every: int = 1  # evaluate every k-th snapshot
     start: Optional[int] = None  # first step to evaluate
     end: Optional[int] = None  # last step to evaluate
@@ -242,7 +243,7 @@ POSITIVE: tuple[str, ...] = (
 NON_NEGATIVE: tuple[str, ...] = (
     "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.clip_grad",
     "checkpoint.save_interval", "checkpoint.snapshot_interval", "generation.temperature",
-    "mask.tau", "bottleneck.recovery", "bottleneck.margin", "online.patience", "model.moe_aux_loss_coeff",
+    "mask.tau", "bottleneck.recovery", "bottleneck.margin", "bottleneck.tolerance", "online.patience", "model.moe_aux_loss_coeff",
 )
 
 

@@ -100,7 +100,8 @@ def read_full_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, Sh
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(buffers, storage_reader=reader, no_dist=True)
     state: dict[str, torch.Tensor] = {}
-    for key, t in buffers.items():
+    for key in list(buffers):
+        t = buffers.pop(key)  # split one stacked tensor at a time: peak memory is the model plus one of them
         if not key.startswith("decoder.layers."):
             state[key] = t
             continue

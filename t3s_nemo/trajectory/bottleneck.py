@@ -39,10 +39,16 @@ _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RA
 
 
 # ---- rules: pure functions on the accuracy curve (index 0 is theta_0, never a candidate) --------------
-def argmin(accuracy: Sequence[float]) -> int:
-    """The snapshot with the lowest accuracy (the earliest on ties)."""
+def argmin(accuracy: Sequence[float], tolerance: float = 0.0) -> int:
+    """The snapshot with the lowest accuracy (the earliest on ties).
+
+    tolerance > 0: the earliest snapshot within `tolerance` of the lowest. On a curve that sits on a
+    floor (a shock without recovery), which floor snapshot is lowest is sampling noise; this picks where
+    the floor starts instead.
+    """
     _check_curve(accuracy)
-    return 1 + int(np.argmin(np.asarray(accuracy[1:], dtype=float)))
+    a = np.asarray(accuracy[1:], dtype=float)
+    return 1 + int(np.flatnonzero(a <= a.min() + tolerance + 1e-12)[0])
 
 
 def smooth(accuracy: Sequence[float], window: int) -> list[float]:
@@ -55,11 +61,10 @@ def smooth(accuracy: Sequence[float], window: int) -> list[float]:
     return [float(a[max(0, i - before) : i + after + 1].mean()) for i in range(len(a))]
 
 
-def moving_average(accuracy: Sequence[float], window: int) -> int:
+def moving_average(accuracy: Sequence[float], window: int, tolerance: float = 0.0) -> int:
     """argmin of the centred moving average: one unlucky snapshot cannot become theta_b on its own."""
     _check_curve(accuracy)
-    s = smooth(accuracy, window)
-    return 1 + int(np.argmin(np.asarray(s[1:])))
+    return argmin(smooth(accuracy, window), tolerance)
 
 
 def first_recovery(accuracy: Sequence[float], recovery: float) -> Optional[int]:
@@ -95,17 +100,19 @@ class Selection:
 
 
 def select(accuracy: Sequence[float], rule: str, window: int = 3, recovery: float = 0.05,
-           margin: float = 0.02) -> Selection:
+           margin: float = 0.02, tolerance: float = 0.0) -> Selection:
     """Apply a rule to the curve (accuracy[0] = theta_0) and measure the dip below theta_0."""
     _check_curve(accuracy)
     acc = [float(a) for a in accuracy]
     smoothed, recovered = None, None
+    if tolerance < 0:
+        raise T3SError(f"bottleneck.tolerance: must be >= 0, got {tolerance}")
     if rule == "argmin":
-        index = argmin(acc)
+        index = argmin(acc, tolerance)
         value = acc[index]
     elif rule == "moving_average":
         smoothed = smooth(acc, window)
-        index = moving_average(acc, window)
+        index = moving_average(acc, window, tolerance)
         value = smoothed[index]
     elif rule == "first_recovery":
         found = first_recovery(acc, recovery)
@@ -410,7 +417,7 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
     cfg = load_run_config(run_dir, cfg_overrides)
     b, g = cfg.bottleneck, cfg.generation
     force = b.force if force is None else force
-    backend = resolve_backend(g.backend)
+    backend = resolve_backend(g.backend, cfg.model.objective)
 
     snapshots = step_dirs(run_dir / "snapshots")
     if not snapshots:
@@ -450,7 +457,7 @@ def summarize(run_dir: Path, cfg, chosen: Sequence[tuple[int, Path]], results: S
     steps = [s for s, _ in chosen]
     accuracy = [r["accuracy"] for r in results]
     losses = read_losses(run_dir)
-    sel = select(accuracy, b.rule, b.window, b.recovery, b.margin)
+    sel = select(accuracy, b.rule, b.window, b.recovery, b.margin, b.tolerance)
     if sel.no_dip and not force:
         write_plot(run_dir / PLOT, steps, accuracy, losses, None, sel.smoothed, title="No Imitation Shock found")
         raise T3SError(no_dip_message(run_dir, steps, sel, b.margin))
@@ -461,6 +468,10 @@ def summarize(run_dir: Path, cfg, chosen: Sequence[tuple[int, Path]], results: S
         console.print(f"[yellow]warning:[/] accuracy never climbed bottleneck.recovery={b.recovery:g} above a minimum; "
                       "theta_b is the lowest snapshot so far (evaluate later snapshots to confirm it)")
     index = sel.index
+    if index == len(steps) - 1 and b.rule != "first_recovery":
+        console.print(f"[yellow]warning:[/] theta_b is the last evaluated snapshot (step {steps[index]}): accuracy may "
+                      "still be falling, and RRT from the final snapshot would be theta_0 itself. If the curve sits "
+                      "on a floor, bottleneck.tolerance picks where the floor starts (docs/bottleneck.md)")
     backends = sorted({r.get("backend", gen["backend"]) for r in results})
     snapshots = []
     for i, ((step, _), r) in enumerate(zip(chosen, results)):
@@ -474,6 +485,7 @@ def summarize(run_dir: Path, cfg, chosen: Sequence[tuple[int, Path]], results: S
         "window": b.window,
         "recovery": b.recovery,
         "margin": b.margin,
+        "tolerance": b.tolerance,
         "every": b.every,
         "start": b.start,
         "end": b.end,

@@ -41,19 +41,21 @@ VERSION = 1
 # settings a resumed run must share with the run that wrote online.json: changing them mid-run would
 # mix two experiments in one curve
 FROZEN = ("eval_every", "num_prompts", "patience", "force_step", "restart", "rule", "window", "recovery",
-          "margin", "sft_steps", "mask_rule")
+          "margin", "tolerance", "sft_steps", "mask_rule")
 KILL_ENV = "T3S_ONLINE_KILL_AT"  # tests: SIGKILL this process at a named point (see _checkpoint_hook)
 
 
 # ---- detection: a pure function of the curve so far ----------------------------------------------------
 def detect(steps: Sequence[int], accuracy: Sequence[float], rule: str, patience: int, window: int = 3,
-           recovery: float = 0.05, margin: float = 0.02, force_step: Optional[int] = None) -> Optional[dict]:
+           recovery: float = 0.05, margin: float = 0.02, force_step: Optional[int] = None,
+           tolerance: float = 0.0) -> Optional[dict]:
     """theta_b once the curve so far shows it, else None (keep training).
 
     steps/accuracy: the evaluations so far, steps[0] = 0 (theta_0). The rule (`t3s bottleneck`'s: argmin,
     moving_average, first_recovery) picks a candidate on the curve so far; it is detected once it is at
     least `margin` below theta_0 (a dip: the Imitation Shock), first_recovery has seen the recovery, and
-    `patience` later evaluations did not go below it (for moving_average: below its smoothed value).
+    `patience` later evaluations did not go below it (for moving_average: below its smoothed value) by
+    more than bottleneck.tolerance.
     force_step: detect exactly there once it is evaluated, whatever the curve (tests, re-runs).
     """
     if len(steps) != len(accuracy):
@@ -65,23 +67,23 @@ def detect(steps: Sequence[int], accuracy: Sequence[float], rule: str, patience:
         return None
     if len(steps) < 2:
         return None
-    sel = select(accuracy, rule, window, recovery, margin)
+    sel = select(accuracy, rule, window, recovery, margin, tolerance)
     if sel.no_dip or sel.recovered is False:
         return None
     values = sel.smoothed if sel.smoothed is not None else [float(a) for a in accuracy]
     later = values[sel.index + 1 :]
-    if len(later) < patience or any(v < values[sel.index] - 1e-12 for v in later):
+    if len(later) < patience or any(v < values[sel.index] - tolerance - 1e-12 for v in later):
         return None
     return {"step": int(steps[sel.index]), "at_step": int(steps[-1]), "reason": f"{rule}+patience",
             "accuracy": float(accuracy[sel.index]), "dip": float(sel.dip)}
 
 
 def at_budget_end(steps: Sequence[int], accuracy: Sequence[float], rule: str, window: int, recovery: float,
-                  margin: float, force: bool, run_dir: Path) -> dict:
+                  margin: float, force: bool, run_dir: Path, tolerance: float = 0.0) -> dict:
     """The SFT budget ran out before a detection: the offline rule on the whole curve (patience waived)."""
     from t3s_nemo.trajectory.bottleneck import no_dip_message
 
-    sel = select(accuracy, rule, window, recovery, margin)
+    sel = select(accuracy, rule, window, recovery, margin, tolerance)
     if sel.no_dip and not force:
         raise T3SError(no_dip_message(run_dir, steps, sel, margin).replace("pass --force", "rerun with --force"))
     return {"step": int(steps[sel.index]), "at_step": int(steps[-1]), "reason": "budget_end" + ("+forced" if sel.no_dip else ""),
@@ -93,7 +95,7 @@ def _settings(cfg: Config, sft_steps: int) -> dict:
     o, b = cfg.online, cfg.bottleneck
     return {"eval_every": o.eval_every, "num_prompts": o.num_prompts, "patience": o.patience,
             "force_step": o.force_step, "restart": o.restart, "rule": b.rule, "window": b.window,
-            "recovery": b.recovery, "margin": b.margin, "sft_steps": sft_steps, "mask_rule": cfg.pipeline.mask_rule}
+            "recovery": b.recovery, "margin": b.margin, "tolerance": b.tolerance, "sft_steps": sft_steps, "mask_rule": cfg.pipeline.mask_rule}
 
 
 def load_state(root: Path, settings: dict) -> dict:
@@ -105,12 +107,14 @@ def load_state(root: Path, settings: dict) -> dict:
     if state.get("version") != VERSION:
         raise T3SError(f"{path}: online state version {state.get('version')} (this t3s writes {VERSION}); "
                        "use a new run_dir")
-    changed = [k for k in FROZEN if state["settings"].get(k) != settings.get(k)]
+    defaults = {"tolerance": 0.0}  # keys added after online.json v1 was first written
+    saved, settings = {**defaults, **state["settings"]}, {**defaults, **settings}
+    changed = [k for k in FROZEN if saved.get(k) != settings.get(k)]
     if changed:
         k = changed[0]
         section = ("pipeline" if k in ("sft_steps", "mask_rule") else
-                   "bottleneck" if k in ("rule", "window", "recovery", "margin") else "online")
-        raise T3SError(f"{path}: this online run was started with {section}.{k}={state['settings'].get(k)!r}, "
+                   "bottleneck" if k in ("rule", "window", "recovery", "margin", "tolerance") else "online")
+        raise T3SError(f"{path}: this online run was started with {section}.{k}={saved.get(k)!r}, "
                        f"now {settings.get(k)!r}; changing it mid-run would mix two experiments (use the "
                        f"old value or a new run_dir)")
     return state
@@ -196,9 +200,11 @@ def run_online(cfg: Config, root: Path, nproc: int = 1, force: Optional[bool] = 
             pairs = [(s, a) for s, a in zip(curve["steps"], curve["accuracy"]) if s <= current]
             steps, accuracy = [s for s, _ in pairs], [a for _, a in pairs]
             state["evaluations"] = [{"step": s, "accuracy": a} for s, a in pairs]
-            det = detect(steps, accuracy, b.rule, o.patience, b.window, b.recovery, b.margin, o.force_step)
+            det = detect(steps, accuracy, b.rule, o.patience, b.window, b.recovery, b.margin, o.force_step,
+                         b.tolerance)
             if det is None and current >= budget:
-                det = at_budget_end(steps, accuracy, b.rule, b.window, b.recovery, b.margin, force, sft_dir)
+                det = at_budget_end(steps, accuracy, b.rule, b.window, b.recovery, b.margin, force, sft_dir,
+                                    b.tolerance)
             write_plot(sft_dir / PLOT, steps, accuracy, read_losses(sft_dir), det["step"] if det else None,
                        title=f"Online: {'theta_b = step %d' % det['step'] if det else 'no theta_b yet'}")
             console.print("accuracy " + ", ".join(f"{s}:{a:.3f}" for s, a in pairs)

@@ -1,7 +1,8 @@
 """Online T3S (`t3s pipeline ... pipeline.online=true`) on the tiny model, CPU, one process.
 
 One uninterrupted run with a forced detection, and one run killed with SIGKILL mid-profile then rerun:
-both must end in the same state (same theta_b, same mask, same masked training losses).
+both must end in the same state (same theta_b, same mask, same masked training losses). A third run
+with online.restart=current trains the masked phase from the weights at detection instead of theta_0.
 """
 
 import json
@@ -93,3 +94,17 @@ def test_online_switches_at_the_forced_step_trains_masked_and_resumes_after_kill
                        timeout=300, env=env())
     assert p.returncode != 0 and "online.patience=2, now 5" in p.stderr + p.stdout
     assert "Traceback" not in p.stderr
+
+    # ---- online.restart=current: the masked phase starts from the weights at detection --------------------
+    data_c = tmp_path / "data_c"
+    shutil.copytree(tiny_data, data_c)
+    c = tmp_path / "c"
+    run(online_args(c, data_c, "online.restart=current"))
+    current = json.loads((c / "online.json").read_text())
+    assert current["detection"]["current"] == str(c / "sft" / "snapshots" / "step_2")  # detected at step 2
+    assert current["masked_init"] == current["detection"]["current"]
+    assert f"init: {current['detection']['current']}" in (c / "t3s" / "config.yaml").read_text()
+    # same data, mask and seeds as run a, other starting weights: another masked loss from the first step
+    from_current = records(c / "t3s" / "trajectory.jsonl")
+    assert [r["step"] for r in from_current] == [1, 2]
+    assert abs(from_current[0]["loss"] - masked[0]["loss"]) > 1e-4

@@ -150,3 +150,18 @@ def test_parse_shard():
     for bad in ("4/4", "-1/2", "1", "a/b", "0/0", "1/2/3"):
         with pytest.raises(T3SError, match="expected I/K with 0 <= I < K"):
             parse_shard(bad)
+
+
+def test_tolerance_picks_where_a_floor_starts():
+    # a shock without recovery: which floor snapshot is lowest is noise (1/32 = 0.031)
+    floor = [1.0, 0.031, 0.031, 0.031, 0.062, 0.0]
+    assert select(floor, "argmin").index == 5  # the paper's argmin: the last snapshot
+    s = select(floor, "argmin", tolerance=0.05)
+    assert (s.index, s.min_accuracy) == (1, 0.031) and s.dip == pytest.approx(0.969)
+    assert select(floor, "argmin", tolerance=0.01).index == 5  # 0.031 is not within 0.01 of 0
+    assert select(SHOCK, "argmin", tolerance=0.0).index == select(SHOCK, "argmin").index
+    smoothed = smooth(floor, 3)
+    s = select(floor, "moving_average", window=3, tolerance=0.05)
+    assert s.index == 1 + next(i for i, v in enumerate(smoothed[1:]) if v <= min(smoothed[1:]) + 0.05)
+    with pytest.raises(T3SError, match="bottleneck.tolerance"):
+        select(floor, "argmin", tolerance=-0.1)

@@ -101,3 +101,25 @@ def test_online_config_keys_are_checked():
         load_config(None, ["online.eval_every=0"])
     with pytest.raises(T3SError, match=r"'train\.stop_at': must be >= 1"):
         load_config(None, ["train.stop_at=0"])
+
+
+def test_tolerance_detects_the_start_of_a_floor():
+    floor = [1.0, 0.031, 0.0, 0.031, 0.031, 0.0, 0.031]
+    steps = [4 * i for i in range(len(floor))]
+    # argmin: each new 0.0 restarts the patience; with tolerance 0.05 the floor's first snapshot holds
+    n, d = first_detection(floor, steps, rule="argmin", patience=2)
+    assert (n, d["step"]) == (5, 8)
+    n, d = first_detection(floor, steps, rule="argmin", patience=2, tolerance=0.05)
+    assert (n, d["step"], d["at_step"]) == (4, 4, 12)
+
+
+def test_online_state_from_before_tolerance_resumes_with_the_default(tmp_path):
+    import json
+
+    settings = {"eval_every": 5, "num_prompts": 8, "patience": 2, "force_step": None, "restart": "theta0",
+                "rule": "argmin", "window": 3, "recovery": 0.05, "margin": 0.02, "sft_steps": 50, "mask_rule": "ar"}
+    save_state(tmp_path, load_state(tmp_path, settings))  # written without the tolerance key
+    assert "tolerance" not in json.loads((tmp_path / "online.json").read_text())["settings"]
+    load_state(tmp_path, {**settings, "tolerance": 0.0})
+    with pytest.raises(T3SError, match=r"bottleneck\.tolerance=0\.0, now 0\.05"):
+        load_state(tmp_path, {**settings, "tolerance": 0.05})
