@@ -138,24 +138,24 @@ class Engine:
                     masks: Optional[list[tuple[torch.Tensor, ...]]] = None) -> tuple[list[list[torch.Tensor]], list[float]]:
         """Gradients of sum(w_k * ce) for each weight set k, as lists per parameter, and sum(ce[mask_j]) per mask j.
 
-        One forward per batch; the graph is kept for one backward per weight set.
+        One forward and backward per weight set: megatron's vocab-parallel cross entropy changes its saved
+        tensors in its backward, so one graph cannot be walked twice. The masks' losses come from the
+        first set's forward.
         """
-        n = len(weights[0])
-        grads: list[Optional[list[torch.Tensor]]] = [None] * n
+        out = []
         sums = [0.0] * len(masks[0]) if masks else []
+        for k in range(len(weights[0])):
+            self.model.zero_grad(set_to_none=True)
+            for i, (batch, w) in enumerate(zip(batches, weights)):
+                ce = self.per_token_loss(batch)
+                if masks and k == 0:
+                    detached = ce.detach().cpu()
+                    for j, m in enumerate(masks[i]):
+                        sums[j] += float(detached[m].sum())
+                (ce * w[k].to(ce.device)).sum().backward()
+            out.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params()])
         self.model.zero_grad(set_to_none=True)
-        for i, (batch, w) in enumerate(zip(batches, weights)):
-            ce = self.per_token_loss(batch)
-            if masks:
-                detached = ce.detach().cpu()
-                for j, m in enumerate(masks[i]):
-                    sums[j] += float(detached[m].sum())
-            for k in range(n):
-                (ce * w[k].to(ce.device)).sum().backward(retain_graph=k < n - 1)
-                g = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params()]
-                grads[k] = g if grads[k] is None else [a + b for a, b in zip(grads[k], g)]
-                self.model.zero_grad(set_to_none=True)
-        return grads, sums
+        return out, sums
 
     def dot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
         s = torch.zeros((), dtype=torch.float64)
