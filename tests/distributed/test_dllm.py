@@ -89,17 +89,17 @@ def test_sampler_fills_the_answer_and_counts_tokens(checks):
 
 
 def test_megatron_backend_samples_a_dllm_checkpoint(single, dllm_data, tmp_path):
-    """generation.backend=megatron's recipe on the trained dLLM: remasking sampler, marker's mask id."""
+    """generation.backend=megatron's recipe on the trained dLLM: remasking sampler, marker's mask id, TP=2."""
     from t3s_nemo.data.packed import PackedDataset
 
     run_dir, _ = single
     ds = PackedDataset(dllm_data)
     prompts = [ds.read_example(i)[: int(ds.prompt_lengths[i])].tolist() for i in range(2)]
     (tmp_path / "p.json").write_text(json.dumps(prompts))
-    run([sys.executable, "-m", "t3s_nemo.recipes.sample", "--checkpoint", str(run_dir / "checkpoints" / "iter_10"),
-         "--prompts", str(tmp_path / "p.json"), "--out", str(tmp_path / "o.json"), "--eos", str(ds.eos_id),
-         "--num-samples", "2", "--max-new-tokens", "12", "--temperature", "0", "--dllm-block-length", "8",
-         "--dllm-steps-per-block", "4"])
+    args = [sys.executable, "-m", "t3s_nemo.recipes.sample", "--checkpoint", str(run_dir / "checkpoints" / "iter_10"),
+            "--prompts", str(tmp_path / "p.json"), "--eos", str(ds.eos_id), "--num-samples", "2",
+            "--max-new-tokens", "12", "--temperature", "0", "--dllm-block-length", "8", "--dllm-steps-per-block", "4"]
+    run([*args, "--out", str(tmp_path / "o.json")])
     out = json.loads((tmp_path / "o.json").read_text())
     samples = [s for ss in out["samples"] for s in ss]
     assert [len(ss) for ss in out["samples"]] == [2, 2]
@@ -107,6 +107,10 @@ def test_megatron_backend_samples_a_dllm_checkpoint(single, dllm_data, tmp_path)
     assert all(ds.eos_id not in s[:-1] for s in samples)  # a sample ends at its first eos
     assert out["generated_tokens"] == sum(len(s) for s in samples)
     assert out["samples"][0][0] == out["samples"][0][1]  # greedy: both samples agree
+    # TP=2 (torchrun, 2 gloo processes): the same greedy samples
+    run([sys.executable, "-m", "t3s_nemo.launch", "--standalone", "--nproc-per-node=2", "-m", "t3s_nemo.recipes.sample",
+         *args[3:], "--out", str(tmp_path / "tp2.json"), "parallel.tp=2"])
+    assert json.loads((tmp_path / "tp2.json").read_text())["samples"] == out["samples"]
 
 
 def test_bottleneck_stage_samples_a_dllm_run_with_the_remasking_sampler(single, tmp_path):
