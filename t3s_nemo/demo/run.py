@@ -24,7 +24,7 @@ def demo_overrides(out: Path, steps: Optional[int], seed: int, student: Optional
     return o
 
 
-def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed: int = 1234,
+def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed: int = 1,
              student: Optional[Path] = None, rebuild_student: bool = False) -> dict:
     import shutil
     import time
