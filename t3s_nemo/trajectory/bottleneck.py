@@ -281,7 +281,7 @@ def evaluate_cached(snapshots: Sequence[tuple[int, Path]], results_dir: Path, pr
         for stale in results_dir.glob(f".hf-step_{step}-*"):
             shutil.rmtree(stale, ignore_errors=True)
     results = []
-    overall = bar.add_task(f"{label.removesuffix('step').strip() or 'snapshots'}: snapshots", total=len(snapshots))
+    overall = bar.add_task(f"{label.removesuffix('step').strip()} snapshots".strip(), total=len(snapshots))
     for step, snap in snapshots:
         out = results_dir / f"step_{step}.json"
         r = load_result(out, key)
