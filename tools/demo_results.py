@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -55,9 +56,14 @@ def main() -> None:
         seeds[seed] = json.loads((run / "curves.json").read_text())
     a.results.mkdir(parents=True, exist_ok=True)
     previous = a.results / "demo.json"
+    # the largest resident set of any demo process this invocation ran (Linux reports KiB)
+    peak_rss = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2) if times else None
     if previous.is_file():  # seeds finished by an earlier invocation keep their measured time
-        for k, v in json.loads(previous.read_text()).get("seconds_per_seed", {}).items():
+        earlier = json.loads(previous.read_text())
+        for k, v in earlier.get("seconds_per_seed", {}).items():
             times.setdefault(int(k), v)
+        if peak_rss is None:
+            peak_rss = earlier.get("peak_rss_gib")
     methods = [m for m in ORDER if all(m in c["runs"] for c in seeds.values())]
     rows = []
     for m in methods:
@@ -86,7 +92,7 @@ def main() -> None:
                   + ". Top yet-to-learn: " + ", ".join(repr(t["token"]) for t in report["top_yet_to_learn_tokens"][:12]) + "."]
     (a.results / "demo_table.md").write_text("\n".join(lines) + "\n")
     (a.results / "demo.json").write_text(json.dumps(
-        {"machine": machine(), "seeds": list(seeds), "seconds_per_seed": times, "rows": rows, "anchors": anchors,
+        {"machine": machine(), "seeds": list(seeds), "seconds_per_seed": times, "peak_rss_gib": peak_rss, "rows": rows, "anchors": anchors,
          "curves": {str(s): c for s, c in seeds.items()}}, indent=1) + "\n")
     plot(seeds, methods, a.results / "demo_accuracy.png")
     print("\n".join(lines))
