@@ -1,8 +1,9 @@
-"""Online T3S (`t3s pipeline ... pipeline.online=true`) on the tiny model, CPU, one process.
+"""Online T3S (`t3s pipeline ... pipeline.online=true`) on the tiny model, CPU.
 
 One uninterrupted run with a forced detection, and one run killed with SIGKILL mid-profile then rerun:
 both must end in the same state (same theta_b, same mask, same masked training losses). A third run
-with online.restart=current trains the masked phase from the weights at detection instead of theta_0.
+with online.restart=current trains the masked phase from the weights at detection instead of theta_0,
+and one under two processes (DP=2) must detect, mask and train as the single process did.
 """
 
 import json
@@ -108,3 +109,20 @@ def test_online_switches_at_the_forced_step_trains_masked_and_resumes_after_kill
     from_current = records(c / "t3s" / "trajectory.jsonl")
     assert [r["step"] for r in from_current] == [1, 2]
     assert abs(from_current[0]["loss"] - masked[0]["loss"]) > 1e-4
+
+    # ---- two processes (DP=2, torchrun + gloo): the same detection, mask and losses as one ----------------
+    data_d = tmp_path / "data_d"
+    shutil.copytree(tiny_data, data_d)
+    d = tmp_path / "d"
+    run([*online_args(d, data_d), "--nproc-per-node", "2"])
+    dp2 = json.loads((d / "online.json").read_text())
+    assert dp2["phase"] == "done" and dp2["detection"]["step"] == det["step"]
+    assert [e["step"] for e in dp2["evaluations"]] == [e["step"] for e in state["evaluations"]]
+    assert dp2["mask"]["masked_fraction"] == state["mask"]["masked_fraction"]
+    ds_d = PackedDataset(data_d)
+    for i in range(ds.num_examples):
+        np.testing.assert_array_equal(ds.read_example(i, "t3s_mask"), ds_d.read_example(i, "t3s_mask"))
+    for phase, ref in (("sft", records(a / "sft" / "trajectory.jsonl")), ("t3s", masked)):
+        got = records(d / phase / "trajectory.jsonl")
+        assert [r["step"] for r in got] == [r["step"] for r in ref]
+        np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in ref], rtol=1e-5)
