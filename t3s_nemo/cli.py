@@ -540,7 +540,7 @@ def demo(
     steps: Annotated[Optional[int], typer.Option(help="Steps of the trajectory run and of each retraining run (default: configs/demo/t3s.yaml, 40).")] = None,
     seed: Annotated[int, typer.Option(help="train.seed and generation.seed (data order, sampling); 1-3 are the seeds in docs/results/demo.md.")] = 1,
     student: Annotated[Optional[Path], typer.Option(help="The student (theta_0): a HF directory; default the bundled one. With --rebuild-student: where to write it.")] = None,
-    rebuild_student: Annotated[bool, typer.Option(help="Pre-train the student from random weights first (stage 0, ~15 min on 2 cores).")] = False,
+    rebuild_student: Annotated[bool, typer.Option(help="Pre-train the student from random weights first (stage 0, about 7 minutes on 2 cores; not the bundled weights bit for bit).")] = False,
     nproc_per_node: NprocOpt = 1,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming an earlier demo run.")] = False,
 ):
