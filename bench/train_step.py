@@ -40,8 +40,8 @@ def main() -> None:
     from t3s_nemo.data.dataset import PackedBins, collate
     from t3s_nemo.data.pack import PackOptions, pack
     from t3s_nemo.data.packed import PackedDataset
-    from t3s_nemo.demo.run import ASSETS
     from t3s_nemo.model.qwen3 import flops_per_token
+    from t3s_nemo.config import resolve_path
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
     from t3s_nemo.training.logging import peak_flops
     from t3s_nemo.training.loss import t3s_forward_step
@@ -50,9 +50,10 @@ def main() -> None:
     import tempfile
 
     tmp = Path(tempfile.mkdtemp())
-    pack([ASSETS / "train.jsonl"], ASSETS / "tokenizer", tmp / "data", PackOptions(seq_length=a.seq_length))
+    assets = Path(resolve_path("pkg:assets/demo"))  # the bundled demo data and tokenizer
+    pack([assets / "train.jsonl"], assets / "tokenizer", tmp / "data", PackOptions(seq_length=a.seq_length))
     packed = PackedDataset(tmp / "data")
-    env = init_distributed()
+    init_distributed()
     cfg = Config()
     cfg.model.preset = a.preset
     cfg.train.global_batch_size = a.global_batch
