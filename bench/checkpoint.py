@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "checkpoint.json"))
     a = ap.parse_args()
+    if a.steps < 3:
+        ap.error("--steps: at least 3 (the first 2 steps carry start-up costs and are not measured)")
     tmp = Path(tempfile.mkdtemp())
     data = tmp / "none"
     times = {

@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "profile_vs_train.json"))
     a = ap.parse_args()
+    if a.steps < 3:
+        ap.error("--steps: at least 3 (the first 2 steps carry start-up costs and are not measured)")
     env = dict(os.environ, T3S_NO_PROGRESS="1")
     run = Path(tempfile.mkdtemp()) / "run"
     subprocess.run([sys.executable, "-m", "t3s_nemo.recipes.train", str(REPO / "configs/tiny/sft.yaml"),
