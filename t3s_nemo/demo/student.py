@@ -9,10 +9,13 @@ peak learning rate. It answers 98.4% of the 256 distillation prompts correctly (
 
 `t3s demo --rebuild-student DIR` reruns it (about 7 minutes on 2 CPU cores); the demo then uses DIR.
 A rebuild with today's code is a student of the same quality (31/32 of the demo's prompts) but not the
-bundled weights bit for bit (they differ by up to 0.26; some change to the engine since the student was
-made moved the training's random streams, not tracked down), so its demo numbers differ from
+bundled weights bit for bit (they differ by up to 0.26), so its demo numbers differ from
 docs/results/demo.md, which are for the bundled student (seed 1 on a rebuild: theta_b = step 8, T3S
-final 0.375 instead of 0.656).
+final 0.375 instead of 0.656). The engine did not change: the code that made the bundled student
+(commit cb0c96a) gives today's rebuild bit for bit (equal losses over phase 1 and the first 400 steps of
+phase 2). The bundled weights come from a build that was not one uninterrupted run; most likely the CPU
+mode's memory leak (fixed since, ~25 MB per step) made the 1,000-step build outgrow its box and it was
+resumed, and a resumed run equals an uninterrupted one to about 1e-6, not bitwise.
 """
 
 from __future__ import annotations
