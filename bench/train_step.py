@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_step.json"))
     a = ap.parse_args()
 
-    from t3s_nemo.config import Config  # first: it quiets megatron-core's import-time warnings
+    from t3s_nemo.config import Config, resolve_path  # first: it quiets megatron-core's import-time warnings
 
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -41,7 +41,6 @@ def main() -> None:
     from t3s_nemo.data.pack import PackOptions, pack
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.model.qwen3 import flops_per_token
-    from t3s_nemo.config import resolve_path
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
     from t3s_nemo.training.logging import peak_flops
     from t3s_nemo.training.loss import t3s_forward_step

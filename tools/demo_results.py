@@ -33,7 +33,11 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.is_available()}
 
 
-def mean_sd(xs: list[float]) -> str:
+def mean_sd(xs: list) -> str:
+    """Mean ± standard deviation over seeds, to 3 places; None entries (not measured) are left out."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
     if len(xs) == 1:
         return f"{xs[0]:.3f}"
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"

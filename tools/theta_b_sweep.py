@@ -88,13 +88,6 @@ def sweep_run(root: Path, steps: list[int], out: Path) -> dict:
             "rows": rows}
 
 
-def mean_sd(xs: list) -> str:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "-"
-    return f"{xs[0]:.3f}" if len(xs) == 1 else f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("roots", type=Path, nargs="+", metavar="ROOT",
@@ -104,6 +97,7 @@ def main() -> None:
     a = p.parse_args()
 
     from bench.machine import machine_info
+    from demo_results import mean_sd  # tools/ is on the path when this script runs
     from t3s_nemo.io import atomic_write_json
 
     names = [r.resolve().name for r in a.roots]
