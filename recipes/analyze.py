@@ -122,7 +122,7 @@ class Engine:
 
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = self.model(**batch_to_model_inputs(batch, self.bundle.use_te))
+        out = self.model(**batch_to_model_inputs(batch, self.bundle.packed_thd))
         return out.float().view(batch["tokens"].shape)
 
     def params(self) -> list[torch.nn.Parameter]:

@@ -103,7 +103,7 @@ def main(argv=None) -> None:
 
         def forward_step(data_iterator, model):
             batch = next(data_iterator)
-            output = model(**batch_to_model_inputs(batch, bundle.use_te))
+            output = model(**batch_to_model_inputs(batch, bundle.packed_thd))
 
             def keep(per_token_loss):
                 collected.update(response_logp(packed, batch, -per_token_loss.view(batch["tokens"].shape)))

@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     bundle = build_model(cfg, vocab, packed.seq_length, bidirectional=dllm)
+    forward_step = partial(forward_step, thd=bundle.packed_thd)  # not re-detected per micro-batch
     ckpt = manager.CheckpointManager(run_dir, cfg.checkpoint, bundle, packed, cfg)
     model = wrap_ddp(bundle, cfg)
     optimizer = build_optimizer(model, cfg, bundle.dtype)

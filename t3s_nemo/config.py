@@ -47,7 +47,7 @@ class ModelConfig:
     # tiny | qwen3_0_6b | qwen3_1_7b | qwen3_4b | qwen3_8b | qwen3_14b | qwen3_32b; MoE: llada2_mini | tiny_moe
     preset: str = "tiny"
     init: str = ""  # "" = random init; a t3s checkpoint/snapshot dir; or a Hugging Face model dir
-    spec: str = "auto"  # auto (TE when it imports) | te | local
+    spec: str = "auto"  # auto (te when Transformer Engine imports, else sdpa) | te | sdpa | local
     objective: str = "ar"  # ar (next-token) | dllm (masked diffusion, issue 7)
     recompute: str = "none"  # none | selective | full activation recomputation
     # dllm only: the mask token (null = the tokenizer's mask token, else len(tokenizer), an extra id;
@@ -220,7 +220,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "resume": ("auto", "never"),
     "data.on_overflow": ("error", "drop", "truncate"),
     "data.template": ("auto", "chat", "plain"),
-    "model.spec": ("auto", "te", "local"),
+    "model.spec": ("auto", "te", "sdpa", "local"),
     "model.objective": ("ar", "dllm"),
     "model.recompute": ("none", "selective", "full"),
     "train.lr_decay": ("cosine", "linear", "constant"),

@@ -146,11 +146,11 @@ def bidirectional_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     return (segment_ids.unsqueeze(-1) != segment_ids.unsqueeze(-2)).unsqueeze(1)
 
 
-def model_inputs(batch: dict[str, torch.Tensor], input_ids: torch.Tensor, use_te: bool) -> dict:
+def model_inputs(batch: dict[str, torch.Tensor], input_ids: torch.Tensor, thd: bool) -> dict:
     from t3s_nemo.training.loss import batch_to_model_inputs
 
-    kw = batch_to_model_inputs(batch, use_te)
-    if use_te:  # THD: cu_seqlens separate the examples; the spec's padding mask type makes it non-causal
+    kw = batch_to_model_inputs(batch, thd)
+    if thd:  # THD: cu_seqlens separate the examples; the spec's padding mask type makes it non-causal
         kw["input_ids"] = input_ids.reshape(1, -1)
     else:
         kw["input_ids"] = input_ids
@@ -158,21 +158,21 @@ def model_inputs(batch: dict[str, torch.Tensor], input_ids: torch.Tensor, use_te
     return kw
 
 
-def dllm_forward_step(data_iterator: Iterator[dict], model, use_te: Optional[bool] = None, *,
+def dllm_forward_step(data_iterator: Iterator[dict], model, thd: Optional[bool] = None, *,
                       mask_token_id: int, eps: float = 1e-3):
     """forward_step_func for megatron-core's get_forward_backward_func (bind the keywords with partial).
 
     Items of data_iterator are DllmBins micro-batches carrying a `noise_seed` (add_noise_seeds).
     """
-    from t3s_nemo.training.loss import _uses_te
+    from t3s_nemo.training.loss import packs_thd
 
     batch = next(data_iterator)
     noised = noise_batch(batch, mask_token_id, eps)
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if use_te is None:
-        use_te = _uses_te(model)
-    output = model(**model_inputs(batch, noised["input_ids"].to(device), use_te))
+    if thd is None:
+        thd = packs_thd(model)
+    output = model(**model_inputs(batch, noised["input_ids"].to(device), thd))
     return output, partial(_loss, weight=noised["loss_weight"], num_tokens=batch["response_mask"].sum(),
                            noised=noised["noised_tokens"])
 

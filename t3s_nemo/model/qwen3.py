@@ -251,46 +251,73 @@ def transformer_config(shape: Shape, parallel, *, dtype: torch.dtype, use_cpu_in
 
 
 def layer_spec(spec: str = "auto", bidirectional: bool = False, config=None, vp_stage: Optional[int] = None):
-    """Transformer Engine spec when TE imports (or spec='te'), megatron-core's local spec otherwise.
+    """The layer spec for model.spec, and whether it is Transformer Engine's.
+
+    auto: Transformer Engine's when TE imports, otherwise megatron-core's local spec with its core
+    attention replaced by `SDPAttention` (torch's scaled_dot_product_attention: flash / memory-efficient
+    kernels, packed examples via cu_seqlens). sdpa, te and local force one; local is megatron-core's
+    DotProductAttention with a block-diagonal [s, s] mask (the reference the sdpa spec is tested against).
 
     bidirectional: non-causal self-attention (the dLLM objective); examples stay separated by the
-    block-diagonal mask (local) or cu_seqlens (TE, THD).
+    block-diagonal mask (local) or cu_seqlens (TE, sdpa; THD).
     config: with an MoE TransformerConfig (num_moe_experts), megatron-core's decoder block spec of this
     pipeline stage (get_gpt_decoder_block_spec: dense layers where moe_layer_freq is 0, MoE layers
     elsewhere, with SequentialMLP experts on the local spec and TE's grouped GEMM on the TE spec).
     """
-    spec_, use_te = _layer_spec(spec)
+    kind = attention_kind(spec)
+    spec_ = _layer_spec(kind)
     if config is not None and config.num_moe_experts:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 
-        spec_ = get_gpt_decoder_block_spec(config, use_transformer_engine=use_te, normalization="RMSNorm",
+        spec_ = get_gpt_decoder_block_spec(config, use_transformer_engine=kind == "te", normalization="RMSNorm",
                                            vp_stage=vp_stage)
-    if bidirectional:
+    layers = getattr(spec_, "layer_specs", None) or [spec_]
+    if kind == "sdpa" or bidirectional:
         import copy
 
+        spec_ = copy.deepcopy(spec_)
+        layers = getattr(spec_, "layer_specs", None) or [spec_]
+    if kind == "sdpa":
+        from t3s_nemo.model.attention import SDPAttention
+
+        for layer in layers:
+            layer.submodules.self_attention.submodules.core_attention = SDPAttention
+    if bidirectional:
         from megatron.core.transformer.enums import AttnMaskType
 
-        spec_ = copy.deepcopy(spec_)
-        for layer in getattr(spec_, "layer_specs", None) or [spec_]:
+        for layer in layers:
             layer.submodules.self_attention.params = {**layer.submodules.self_attention.params,
                                                       "attn_mask_type": AttnMaskType.padding}
-    return spec_, use_te
+    return spec_, kind == "te"
 
 
-def _layer_spec(spec: str):
+def attention_kind(spec: str = "auto") -> str:
+    """te | sdpa | local for a model.spec value (auto: te when Transformer Engine imports, else sdpa)."""
     from t3s_nemo.devices import te_available
 
-    use_te = spec == "te" or (spec == "auto" and te_available())
-    if use_te:
-        if not te_available():
-            raise T3SError("config key 'model.spec': 'te' needs Transformer Engine on a CUDA machine "
-                           "(pip install 't3s-nemo[gpu]' or use an NGC container)")
+    if spec == "auto":
+        return "te" if te_available() else "sdpa"
+    if spec == "te" and not te_available():
+        raise T3SError("config key 'model.spec': 'te' needs Transformer Engine on a CUDA machine "
+                       "(pip install 't3s-nemo[gpu]' or use an NGC container)")
+    if spec not in ("te", "sdpa", "local"):
+        raise T3SError(f"config key 'model.spec': expected auto, te, sdpa or local, got {spec!r}")
+    return spec
+
+
+def packs_thd(spec: str = "auto") -> bool:
+    """Whether packed examples go to the model as THD + cu_seqlens (te, sdpa) or with a block mask (local)."""
+    return attention_kind(spec) != "local"
+
+
+def _layer_spec(kind: str):
+    if kind == "te":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True), True
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    return get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm"), False
+    return get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
 
 
 def build_gpt(config, shape: Shape, vocab_size: int, seq_length: int, spec, *, pre_process: bool,

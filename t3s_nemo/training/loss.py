@@ -47,11 +47,12 @@ def masked_token_loss(
     return loss_sum, count_int, report
 
 
-def batch_to_model_inputs(batch: dict[str, torch.Tensor], use_te: bool) -> dict:
-    """Model kwargs for a packed micro-batch: THD packing on Transformer Engine, a block mask otherwise."""
+def batch_to_model_inputs(batch: dict[str, torch.Tensor], thd: bool) -> dict:
+    """Model kwargs for a packed micro-batch: THD packing (cu_seqlens) for the Transformer Engine and sdpa
+    specs, a block-diagonal mask for megatron-core's local spec (`ModelBundle.packed_thd` says which)."""
     from t3s_nemo.data.dataset import block_causal_mask
 
-    if use_te:
+    if thd:
         from megatron.core.packed_seq_params import PackedSeqParams
 
         cu = batch["cu_seqlens"].to(torch.int32)
@@ -73,7 +74,7 @@ def batch_to_model_inputs(batch: dict[str, torch.Tensor], use_te: bool) -> dict:
     )
 
 
-def t3s_forward_step(data_iterator: Iterator[dict], model, use_te: Optional[bool] = None):
+def t3s_forward_step(data_iterator: Iterator[dict], model, thd: Optional[bool] = None):
     """forward_step_func for megatron-core's get_forward_backward_func (and Megatron-Bridge).
 
     Each item of data_iterator is a collated packed micro-batch (t3s_nemo.data.dataset.collate) whose
@@ -82,18 +83,21 @@ def t3s_forward_step(data_iterator: Iterator[dict], model, use_te: Optional[bool
     batch = next(data_iterator)
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if use_te is None:
-        use_te = _uses_te(model)
-    output = model(**batch_to_model_inputs(batch, use_te))
+    if thd is None:
+        thd = packs_thd(model)
+    output = model(**batch_to_model_inputs(batch, thd))
     # on pipeline stages before the last, output is a hidden state and the loss function is not called
     return output, partial(masked_token_loss, loss_weight=batch["loss_weight"])
 
 
-def _uses_te(model) -> bool:
+def packs_thd(model) -> bool:
+    """Whether a model takes packed examples as THD + cu_seqlens: Transformer Engine or SDPAttention layers."""
     from t3s_nemo.devices import te_available
+    from t3s_nemo.model.attention import SDPAttention
 
-    if not te_available():
-        return False
-    import transformer_engine.pytorch as te
+    kinds = (SDPAttention,)
+    if te_available():
+        import transformer_engine.pytorch as te
 
-    return any(isinstance(m, te.module.base.TransformerEngineBaseModule) for m in model.modules())
+        kinds += (te.module.base.TransformerEngineBaseModule,)
+    return any(isinstance(m, kinds) for m in model.modules())

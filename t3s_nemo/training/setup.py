@@ -21,6 +21,7 @@ class ModelBundle:
     vocab_size: int  # padded
     use_te: bool
     dtype: torch.dtype
+    packed_thd: bool = False  # packed examples go in as THD + cu_seqlens (te, sdpa), not a block mask
 
 
 def run_dtype(cfg: Config) -> torch.dtype:
@@ -80,7 +81,7 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
         if torch.cuda.is_available() and not cpu_mode_active():
             chunk.cuda(torch.cuda.current_device())
         chunks.append(chunk)
-    return ModelBundle(chunks, tconfig, shape, padded, use_te, dtype)
+    return ModelBundle(chunks, tconfig, shape, padded, use_te, dtype, qwen3.packs_thd(cfg.model.spec))
 
 
 def wrap_ddp(bundle: ModelBundle, cfg: Config) -> list:

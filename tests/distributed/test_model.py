@@ -1,11 +1,25 @@
-"""The real GPTModel with the T3S loss hook, in one process (a subprocess, CPU mode)."""
+"""The real GPTModel with the T3S loss hook, in one process (a subprocess, CPU mode).
+
+Both attention specs without Transformer Engine: sdpa (the default: THD packing + torch's
+scaled_dot_product_attention) and megatron-core's local spec (block-diagonal mask).
+"""
+
+import pytest
 
 from procs import run_script
 
 
-def test_packed_masked_and_all_masked_behaviour(tiny_data):
-    r = run_script("model_checks.py", tiny_data)
-    # packed bins with the block-diagonal mask give each example the loss it has alone
+@pytest.fixture(scope="module")
+def checks(tiny_data):
+    return run_script("model_checks.py", tiny_data)
+
+
+@pytest.mark.parametrize("spec", ["sdpa", "local"])
+def test_packed_masked_and_all_masked_behaviour(checks, spec):
+    r = checks[spec]
+    # sdpa packs examples as THD (cu_seqlens), local with a block mask; the forward step detects which
+    assert r["packed_thd"] is (spec == "sdpa") and r["detected_thd"] is (spec == "sdpa")
+    # packed bins give each example the loss it has alone
     assert r["examples_compared"] >= 2
     assert r["packed_vs_unpacked_max_abs_diff"] < 1e-5
     # changing the targets of zero-weight tokens changes neither the loss nor any gradient
@@ -15,3 +29,14 @@ def test_packed_masked_and_all_masked_behaviour(tiny_data):
     # an all-masked micro-batch: zero loss, zero count, zero and finite gradients (never NaN)
     assert r["all_masked_loss"] == 0.0 and r["all_masked_count"] == 0
     assert r["all_masked_grads_finite"] and r["all_masked_grad_max"] == 0.0
+    # bidirectional attention (dLLM): a token sees later tokens of its example, never other examples
+    assert r["bidirectional_sees_later_token"] > 1e-4
+    assert r["bidirectional_other_examples_diff"] == 0.0
+
+
+def test_sdpa_matches_megatron_local_attention(checks):
+    """On the same weights, SDPAttention gives megatron's DotProductAttention's losses and gradients."""
+    assert checks["sdpa_vs_local_weights_equal"]
+    assert checks["sdpa_vs_local_loss_diff"] < 1e-5
+    assert checks["sdpa_vs_local_grad_diff"] < 1e-6
+    assert checks["sdpa_vs_local_bidirectional_diff"] < 1e-5

@@ -25,7 +25,8 @@ def main() -> None:
     cfg.model.objective = "dllm"
     init_model_parallel(cfg.parallel)
     vocab = model_vocab_size(packed, choose_mask_token(packed))
-    model = build_model(cfg, vocab, packed.seq_length, bidirectional=True).chunks[0]
+    bundle = build_model(cfg, vocab, packed.seq_length, bidirectional=True)
+    model = bundle.chunks[0]
     batch = collate([DllmBins(packed)[0]])
     cu = batch["cu_seqlens"].tolist()
     assert len(cu) >= 3, "bin 0 needs two examples"
@@ -33,7 +34,7 @@ def main() -> None:
 
     def logits(tokens):
         with torch.no_grad():
-            return model(**{k: v for k, v in model_inputs(batch, tokens, use_te=False).items() if k != "labels"})
+            return model(**{k: v for k, v in model_inputs(batch, tokens, bundle.packed_thd).items() if k != "labels"})
 
     ref = logits(batch["tokens"])
     changed = batch["tokens"].clone()

@@ -1,0 +1,130 @@
+"""Core attention on torch's scaled_dot_product_attention, for the layer spec without Transformer Engine.
+
+megatron-core's local `DotProductAttention` materialises the [b, heads, s, s] score matrix in the
+training dtype (plus its softmax and the mask): at 16k tokens that is ~16 GB per layer for Qwen3-8B,
+so without Transformer Engine long reasoning traces do not fit. `SDPAttention` has the same
+constructor and forward signature and semantics, and calls `torch.nn.functional.scaled_dot_product_attention`,
+which picks a flash / memory-efficient kernel on GPU (and the fused flash kernel on CPU). Packed
+sequences arrive in the THD layout with `cu_seqlens` (the same `PackedSeqParams` the Transformer Engine
+spec gets) and each example is attended on its own, so no [s, s] mask is ever built.
+
+Why not a library: megatron-core ships no SDPA core attention (its choices are the local one, TE and
+flash-attn/FlashInfer, none of which is installed on a CPU box or a TE-less GPU node).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _module_base():
+    from megatron.core.transformer.module import MegatronModule
+
+    return MegatronModule
+
+
+class SDPAttention(_module_base()):
+    """Drop-in `core_attention` for megatron-core's layer specs (same arguments as DotProductAttention).
+
+    Inputs are [sq, b, heads, dim] (or [t, heads, dim] with THD packed_seq_params); the output is
+    [sq, b, heads * dim] (or [t, heads * dim]), as megatron's Attention expects.
+    """
+
+    def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str,
+                 attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
+                 cp_comm_type: Optional[str] = None, pg_collection=None):
+        from megatron.core.process_groups_config import ProcessGroupCollection
+        from megatron.core.utils import divide
+
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("SDPAttention does not implement context parallelism (use the Transformer Engine spec)")
+        if getattr(config, "softmax_type", "vanilla") != "vanilla":
+            raise ValueError(f"SDPAttention supports softmax_type 'vanilla' only, not {config.softmax_type!r}")
+        if getattr(config, "window_size", None) is not None:
+            raise ValueError("SDPAttention does not implement sliding-window attention")
+        self.attn_mask_type = attn_mask_type
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+        tp = pg_collection.tp.size()
+        self.heads = divide(config.num_attention_heads, tp)
+        self.groups = divide(config.num_query_groups, tp)
+        head_dim = config.kv_channels
+        # (apply_query_key_layer_scaling divides the scores by layer_number in DotProductAttention and its
+        # softmax multiplies them back: the product is this plain scale)
+        self.softmax_scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def _causal(self, attn_mask_type) -> bool:
+        from megatron.core.transformer.enums import AttnMaskType
+
+        kind = self.attn_mask_type if attn_mask_type is None else attn_mask_type
+        return kind == AttnMaskType.causal
+
+    def _sdpa(self, q, k, v, mask, causal):
+        """q [b, h, sq, d], k/v [b, g, sk, d]; mask: bool, True where attention is allowed, or None."""
+        if self.groups != self.heads:
+            # repeated rather than enable_gqa=True: torch's memory-efficient kernel (the one that takes a
+            # mask) falls back to the quadratic math kernel with enable_gqa
+            rep = self.heads // self.groups
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        sq, sk = q.shape[-2], k.shape[-2]
+        if causal and mask is None and sq > 1 and sq != sk:
+            # queries are the last sq positions (a KV cache): torch's is_causal aligns top-left
+            mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+            causal = False
+        dropout = self.dropout_p if self.training else 0.0
+        if dropout > 0:
+            from megatron.core import tensor_parallel
+
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                      is_causal=causal and mask is None and sq > 1,
+                                                      scale=self.softmax_scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None and sq > 1,
+                                              scale=self.softmax_scale)
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if attention_bias is not None:
+            raise ValueError("SDPAttention does not support attention_bias")
+        causal = self._causal(attn_mask_type)
+        if packed_seq_params is not None and packed_seq_params.qkv_format == "thd":
+            # [t, h, d]: attend within each example; cu_seqlens has the example boundaries
+            cu_q = packed_seq_params.cu_seqlens_q_padded
+            cu_q = packed_seq_params.cu_seqlens_q if cu_q is None else cu_q
+            cu_k = packed_seq_params.cu_seqlens_kv_padded
+            cu_k = packed_seq_params.cu_seqlens_kv if cu_k is None else cu_k
+            bq, bk = cu_q.tolist(), cu_k.tolist()
+            if len(bq) != len(bk):
+                raise ValueError("cu_seqlens_q and cu_seqlens_kv describe different numbers of sequences")
+            outs = []
+            for (q0, q1), (k0, k1) in zip(zip(bq[:-1], bq[1:]), zip(bk[:-1], bk[1:])):
+                q = query[q0:q1].permute(1, 0, 2).unsqueeze(0)
+                k = key[k0:k1].permute(1, 0, 2).unsqueeze(0)
+                v = value[k0:k1].permute(1, 0, 2).unsqueeze(0)
+                outs.append(self._sdpa(q, k, v, None, causal)[0].permute(1, 0, 2))
+            out = torch.cat(outs, dim=0) if outs else query.new_zeros(query.shape)
+            return out.reshape(out.shape[0], -1)
+        if packed_seq_params is not None:
+            raise ValueError(f"SDPAttention: packed sequences in the {packed_seq_params.qkv_format!r} layout "
+                             "are not supported (use 'thd')")
+        # [s, b, h, d] -> [b, h, s, d]
+        q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))
+        mask = None
+        if attention_mask is not None:
+            mask = ~attention_mask.to(torch.bool)
+            # megatron fills masked scores with -10000, so a row with no allowed key attends uniformly to
+            # all of them; scaled_dot_product_attention would return NaN there
+            mask = mask | ~mask.any(dim=-1, keepdim=True)
+        out = self._sdpa(q, k, v, mask, causal and attention_mask is None)
+        sq, b = query.shape[0], query.shape[1]
+        return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
+        return {}  # no parameters (vanilla softmax only)
