@@ -44,6 +44,36 @@ def step_dirs(parent: Path, complete_only: bool = True) -> list[tuple[int, Path]
     return sorted(out)
 
 
+def start_write_queue() -> None:
+    """Start megatron's checkpoint write-results queue now, in a process that ignores SIGUSR1 and SIGTERM.
+
+    megatron-core's writer sends results through a multiprocessing Manager it spawns on the first save
+    (filesystem_async.get_write_results_queue). A spawned process takes the default action for those
+    signals, which is to die, while Slurm delivers them to every process of the job step, more than once
+    (`scancel --full --signal=USR1` signals the step and srun forwards the batch shell's copy). A late copy
+    killed the Manager of the very checkpoint the signal asked for (EOFError in every rank; the preemption
+    test caught it under load), or an earlier Manager of async snapshots mid-run. Ignored dispositions
+    survive exec, so the Manager is spawned with both ignored here; the recipe's own handlers come after.
+    """
+    import signal
+    import threading
+
+    try:
+        from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
+    except ImportError:  # a megatron-core without the shared queue: nothing to protect
+        return
+    if threading.current_thread() is not threading.main_thread():
+        get_write_results_queue()
+        return
+    signals = (signal.SIGUSR1, signal.SIGTERM)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    try:
+        get_write_results_queue()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def snapshot_bytes(num_params: int, dtype: torch.dtype) -> int:
     return num_params * (2 if dtype in (torch.bfloat16, torch.float16) else 4)
 
@@ -69,6 +99,7 @@ class CheckpointManager:
         self._queue = None
         self._last_full = -1
         self._last_snapshot = -1
+        start_write_queue()
         if ccfg.async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 

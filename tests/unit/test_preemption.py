@@ -13,3 +13,39 @@ def test_preemption_flags_the_signal_and_restores_the_handlers():
     assert p.requested
     p.close()  # in-process runs (`t3s pipeline`, `t3s demo`) must stay killable after the stage
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+WRITE_QUEUE_CHECK = r"""
+import os, signal, sys, time
+import psutil
+from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
+from t3s_nemo.checkpoint.manager import start_write_queue
+before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+start_write_queue() if sys.argv[1] == "protected" else fa.get_write_results_queue()
+assert {s: signal.getsignal(s) for s in before} == before, "handlers not given back"
+children = psutil.Process().children()
+assert children, "no Manager process"
+for c in children:  # what Slurm does to every process of the step
+    os.kill(c.pid, signal.SIGUSR1)
+    os.kill(c.pid, signal.SIGTERM)
+time.sleep(0.5)
+q = fa.get_write_results_queue()
+q.put("written")
+print("QUEUE", q.get(timeout=10))
+"""
+
+
+def test_checkpoint_write_queue_survives_slurm_signals():
+    """megatron's write-results Manager outlives the SIGUSR1/SIGTERM copies Slurm sends to every process
+    of a step; unprotected, the same signals kill it and the next save fails (EOFError)."""
+    import subprocess
+    import sys
+
+    def run(mode):
+        return subprocess.run([sys.executable, "-c", WRITE_QUEUE_CHECK, mode], capture_output=True, text=True,
+                              timeout=120)
+
+    ok = run("protected")
+    assert ok.returncode == 0 and "QUEUE written" in ok.stdout, ok.stderr[-2000:]
+    unprotected = run("unprotected")  # the failure the protection exists for, so this test means something
+    assert unprotected.returncode != 0 and "QUEUE written" not in unprotected.stdout
