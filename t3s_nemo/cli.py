@@ -558,7 +558,42 @@ def demo(
     run_demo(out, steps, nproc_per_node, overwrite, seed, student, rebuild_student)
 
 
+_OWN_LINE = (" ", "- ", "|", "t3s ", "python ")  # indented text, list items, tables, command examples
+
+
+def _reflow(doc: str) -> str:
+    """A docstring as help text: the lines of each paragraph joined, so the terminal wraps them.
+
+    Typer's rich mode keeps a docstring's line breaks and then wraps at the terminal width, which leaves
+    ragged half-lines. Lines that start a list item ("- "), a table row or a command example, or are
+    indented, keep their break; an indented line under a list item continues it.
+    """
+    import inspect
+
+    paragraphs = []
+    for para in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in para.split("\n"):
+            if lines and line and not line.startswith(_OWN_LINE) and not lines[-1].startswith(_OWN_LINE):
+                lines[-1] += " " + line
+            elif lines and lines[-1].startswith("- ") and line.startswith("  ") and not line.lstrip().startswith("- "):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _reflow_help(typer_app) -> None:
+    for info in typer_app.registered_commands:
+        if info.callback is not None and info.callback.__doc__:
+            info.callback.__doc__ = _reflow(info.callback.__doc__)
+    for group in typer_app.registered_groups:
+        _reflow_help(group.typer_instance)
+
+
 def main() -> None:
+    _reflow_help(app)
     try:
         rc = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code instead of exiting
         if isinstance(rc, int) and rc != 0:

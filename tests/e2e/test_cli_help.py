@@ -16,3 +16,14 @@ def test_help_explains_the_stage(stage):
     assert r.exit_code == 0, r.output
     assert "Usage:" in r.output
     assert len(r.output.splitlines()) > 5
+
+
+def test_help_paragraphs_flow_to_the_terminal_width():
+    """A docstring's line breaks do not survive into --help (ragged half-lines), command examples do."""
+    from t3s_nemo.cli import _reflow, _reflow_help
+
+    _reflow_help(app)  # what main() does before parsing
+    r = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
+    assert "in its own terse style is distilled on an R1-like teacher's traces" in r.output
+    doc = "One\ntwo.\n\n- item\n  goes on\n- next\n\nt3s eval A\nt3s eval B\n"
+    assert _reflow(doc) == "One two.\n\n- item goes on\n- next\n\nt3s eval A\nt3s eval B"
