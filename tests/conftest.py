@@ -84,7 +84,14 @@ def write_jsonl():
 def pytest_collection_modifyitems(config, items):
     """With pytest-xdist (`-n`, on by default in pyproject.toml), keep each test file on one worker, so its
     module-scoped reference runs are made once, and every Slurm test on the same worker, so one test
-    cluster serves them all (`--dist loadgroup`)."""
+    cluster serves them all (`--dist loadgroup`). Tests marked gpu are skipped without CUDA."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason="needs CUDA"))
     for item in items:
         path = Path(str(item.fspath))
         group = "slurm" if "slurm" in path.parent.parts else path.name

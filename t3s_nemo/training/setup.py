@@ -81,7 +81,7 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
         if torch.cuda.is_available() and not cpu_mode_active():
             chunk.cuda(torch.cuda.current_device())
         chunks.append(chunk)
-    return ModelBundle(chunks, tconfig, shape, padded, use_te, dtype, qwen3.packs_thd(cfg.model.spec))
+    return ModelBundle(chunks, tconfig, shape, padded, use_te, dtype, qwen3.packs_thd(cfg.model.spec, seq_length))
 
 
 def wrap_ddp(bundle: ModelBundle, cfg: Config) -> list:

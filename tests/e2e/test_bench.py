@@ -17,6 +17,7 @@ CASES = {
     "profile_vs_train": (["--steps", "3", "--hidden", "64", "--layers", "1"], "profile_over_train"),
     "checkpoint": (["--steps", "3", "--hidden", "64", "--layers", "1"], "async_stall"),
     "pack": (["--tokens", "20000", "--seq-length", "256"], "end_to_end"),
+    "attention": (["--steps", "1", "--seq-lengths", "256"], "by_seq_length"),
 }
 
 

@@ -1,9 +1,11 @@
 """Single-process checks on a real megatron GPTModel (CPU mode); prints one JSON object.
 
 Run by tests/distributed/test_model.py in a subprocess so the CPU mode and megatron's parallel state
-stay out of the pytest process. Every check runs for the sdpa spec (THD packing, torch's
-scaled_dot_product_attention) and for megatron-core's local spec (block-diagonal mask), and the two are
-compared on the same weights.
+stay out of the pytest process. Every check runs for each variant of argv[2] (default
+sdpa_thd,sdpa,local: torch's scaled_dot_product_attention with THD packing, the same with the
+block-diagonal mask it takes for these short bins, and megatron-core's local spec; te on a GPU with
+Transformer Engine), and each variant is compared with the last one on the same weights. On a CUDA
+machine everything runs on the GPU (fp32).
 """
 
 import json
@@ -22,20 +24,24 @@ def main() -> None:
     from t3s_nemo.training.setup import build_model
 
     packed = PackedDataset(sys.argv[1])
+    specs = (sys.argv[2] if len(sys.argv) > 2 else "sdpa_thd,sdpa,local").split(",")
     init_distributed()
     bins = PackedBins(packed)
-    batch = collate([bins[0], bins[1]])  # two bins: THD flattens them into one sequence
+    cpu_batch = collate([bins[0], bins[1]])  # two bins: THD flattens them into one sequence
     out = {}
     models = {}
-    for spec in ("sdpa", "local"):
+    for spec in specs:
         cfg = Config()
         cfg.train.precision = "fp32"
-        cfg.model.spec = spec
+        cfg.model.spec = spec.removesuffix("_thd")
         init_model_parallel(cfg.parallel)
         bundle = build_model(cfg, packed.vocab_size, packed.seq_length)
         model = models[spec] = bundle.chunks[0]
-        thd = bundle.packed_thd
-        r = out[spec] = {"packed_thd": thd, "detected_thd": packs_thd(model)}
+        device = next(model.parameters()).device
+        out["device"] = device.type
+        batch = {k: v.to(device) for k, v in cpu_batch.items()}
+        thd = bundle.packed_thd or spec.endswith("_thd")
+        r = out[spec] = {"packed_thd": bundle.packed_thd, "detected_thd": packs_thd(model)}
 
         # 1. packed vs unpacked: each example of bin 0 alone (its own causal mask) gives the same per-token loss
         with torch.no_grad():
@@ -44,10 +50,11 @@ def main() -> None:
             for k, seq in enumerate(packed.read_bin(0)["tokens"]):
                 start = int(batch["cu_seqlens"][k])
                 n = len(seq)
-                tokens = torch.as_tensor(seq, dtype=torch.long).unsqueeze(0)
+                tokens = torch.as_tensor(seq, dtype=torch.long, device=device).unsqueeze(0)
                 labels = torch.roll(tokens, -1, dims=1)
-                mask = ~torch.ones(n, n, dtype=torch.bool).tril()
-                alone = model(tokens, torch.arange(n).unsqueeze(0), mask.view(1, 1, n, n), labels=labels)[0]
+                mask = ~torch.ones(n, n, dtype=torch.bool, device=device).tril()
+                alone = model(tokens, torch.arange(n, device=device).unsqueeze(0), mask.view(1, 1, n, n),
+                              labels=labels)[0]
                 diffs.append(float((alone[: n - 1] - packed_loss[start : start + n - 1]).abs().max()))
         r["packed_vs_unpacked_max_abs_diff"] = max(diffs)
         r["examples_compared"] = len(diffs)
@@ -96,14 +103,16 @@ def main() -> None:
         r["bidirectional_sees_later_token"] = float((moved[: first_end - 2] - r["bidirectional"][: first_end - 2]).abs().max())
         r["bidirectional_other_examples_diff"] = float((moved[first_end:] - r["bidirectional"][first_end:]).abs().max())
 
-    # 5. sdpa and local agree on the same weights (both built from train.seed): per-token losses,
-    # gradients, bidirectional losses
-    s, l = out["sdpa"], out["local"]
-    out["sdpa_vs_local_weights_equal"] = all(torch.equal(a, b) for a, b in zip(models["sdpa"].parameters(),
-                                                                              models["local"].parameters()))
-    out["sdpa_vs_local_loss_diff"] = float((s["per_token"] - l["per_token"]).abs().max())
-    out["sdpa_vs_local_grad_diff"] = max(float((a - b).abs().max()) for a, b in zip(s["grads"], l["grads"]))
-    out["sdpa_vs_local_bidirectional_diff"] = float((s["bidirectional"] - l["bidirectional"]).abs().max())
+    # 5. each spec agrees with the last (the reference) on the same weights (all built from train.seed):
+    # per-token losses, gradients, bidirectional losses
+    ref = specs[-1]
+    for spec in specs[:-1]:
+        s, l, key = out[spec], out[ref], f"{spec}_vs_{ref}"
+        out[f"{key}_weights_equal"] = all(torch.equal(a, b) for a, b in zip(models[spec].parameters(),
+                                                                          models[ref].parameters()))
+        out[f"{key}_loss_diff"] = float((s["per_token"] - l["per_token"]).abs().max())
+        out[f"{key}_grad_diff"] = max(float((a - b).abs().max()) for a, b in zip(s["grads"], l["grads"]))
+        out[f"{key}_bidirectional_diff"] = float((s["bidirectional"] - l["bidirectional"]).abs().max())
     for r in out.values():
         if isinstance(r, dict):
             for k in ("per_token", "grads", "bidirectional"):
