@@ -4,7 +4,7 @@ Within each example, labels are the next token and the loss weight of position i
 weight channels at token i+1 (a channel value belongs to the token it describes, which is predicted
 one position earlier). The last position of every example predicts nothing and has weight 0, so
 examples in a bin never leak into each other's loss; attention is kept inside examples by cu_seqlens
-(Transformer Engine, THD) or by the equivalent block-diagonal mask (local spec).
+(THD: Transformer Engine, and the sdpa spec on long bins) or by the equivalent block-diagonal mask.
 """
 
 from __future__ import annotations

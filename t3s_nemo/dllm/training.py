@@ -4,8 +4,8 @@ What differs from next-token training (recipes/train.py picks these when model.o
 - data: `DllmBins` keeps tokens, response mask and T3S targets *unshifted* (the loss at position i is
   on token i itself, not on token i+1);
 - attention: bidirectional within each packed example, block-diagonal across examples (`layer_spec`
-  with bidirectional=True plus `bidirectional_mask` on the local spec; cu_seqlens/THD on Transformer
-  Engine);
+  with bidirectional=True plus `bidirectional_mask` where the bins take a mask; cu_seqlens/THD where
+  they go in packed, `ModelBundle.packed_thd`);
 - `dllm_forward_step`: noises each micro-batch (seeded by train.seed, step and the global micro-batch
   index, so a resumed run draws the same noise, all TP/PP ranks of a replica agree and the DP size does
   not change it),

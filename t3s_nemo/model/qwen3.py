@@ -259,7 +259,7 @@ def layer_spec(spec: str = "auto", bidirectional: bool = False, config=None, vp_
     DotProductAttention with a block-diagonal [s, s] mask (the reference the sdpa spec is tested against).
 
     bidirectional: non-causal self-attention (the dLLM objective); examples stay separated by the
-    block-diagonal mask (local) or cu_seqlens (TE, sdpa; THD).
+    block-diagonal mask or cu_seqlens (THD), whichever packs_thd chose.
     config: with an MoE TransformerConfig (num_moe_experts), megatron-core's decoder block spec of this
     pipeline stage (get_gpt_decoder_block_spec: dense layers where moe_layer_freq is 0, MoE layers
     elsewhere, with SequentialMLP experts on the local spec and TE's grouped GEMM on the TE spec).

@@ -48,8 +48,8 @@ def masked_token_loss(
 
 
 def batch_to_model_inputs(batch: dict[str, torch.Tensor], thd: bool) -> dict:
-    """Model kwargs for a packed micro-batch: THD packing (cu_seqlens) for the Transformer Engine and sdpa
-    specs, a block-diagonal mask for megatron-core's local spec (`ModelBundle.packed_thd` says which)."""
+    """Model kwargs for a packed micro-batch: THD packing (cu_seqlens) or a block-diagonal mask
+    (`ModelBundle.packed_thd` says which: THD on Transformer Engine and on sdpa for long bins)."""
     from t3s_nemo.data.dataset import block_causal_mask
 
     if thd:

@@ -21,7 +21,7 @@ class ModelBundle:
     vocab_size: int  # padded
     use_te: bool
     dtype: torch.dtype
-    packed_thd: bool = False  # packed examples go in as THD + cu_seqlens (te, sdpa), not a block mask
+    packed_thd: bool = False  # packed examples go in as THD + cu_seqlens, not a block mask (qwen3.packs_thd)
 
 
 def run_dtype(cfg: Config) -> torch.dtype:
