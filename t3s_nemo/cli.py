@@ -540,13 +540,13 @@ def demo(
     steps: Annotated[Optional[int], typer.Option(help="Steps of the trajectory run and of each retraining run (default: configs/demo/t3s.yaml, 40).")] = None,
     seed: Annotated[int, typer.Option(help="train.seed and generation.seed (data order, sampling); 1-3 are the seeds in docs/results/demo.md.")] = 1,
     student: Annotated[Optional[Path], typer.Option(help="The student (theta_0): a HF directory; default the bundled one. With --rebuild-student: where to write it.")] = None,
-    rebuild_student: Annotated[bool, typer.Option(help="Pre-train the student from random weights first (stage 0, about 7 minutes on 2 cores; not the bundled weights bit for bit).")] = False,
+    rebuild_student: Annotated[bool, typer.Option(help="Pre-train the student from random weights first (stage 0, about 7 minutes on 2 cores; the bundled weights bit for bit on the machine and versions that made them, t3s_nemo/demo/student.py).")] = False,
     nproc_per_node: NprocOpt = 1,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming an earlier demo run.")] = False,
 ):
-    """The Imitation Shock and T3S at toy scale, on CPU (about 2.5 minutes on 2 cores).
+    """The Imitation Shock and T3S at toy scale, on CPU (about 2.3 minutes on 2 cores).
 
-    A 0.8M-parameter student that solves 98% of a bundled arithmetic task in its own terse style is
+    A 0.8M-parameter student that solves 97% of a bundled arithmetic task in its own terse style is
     distilled on an R1-like teacher's traces of the same problems. Runs the whole pipeline
     (configs/demo/t3s.yaml): SFT trajectory, bottleneck, profile, masks, T3S retraining, the -T3S /
     static-confidence / random baselines, RRT, then every run's train accuracy on one plot

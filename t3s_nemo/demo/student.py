@@ -5,17 +5,16 @@ teacher's style can make it worse (the Imitation Shock). The bundled student (as
 Hugging Face Qwen3 directory, 0.8M parameters, 3.4 MB) was made by `build_student` below: plain SFT of
 a random-init 4-layer model on the 4,096 terse student-style traces of assets/demo/student.jsonl
 (problems disjoint from the distillation set's), in two phases, the second a warm restart with a lower
-peak learning rate. It answers 98.4% of the 256 distillation prompts correctly (greedy).
+peak learning rate. It answers 97.3% of the 256 distillation prompts correctly (greedy; student.json
+says how it was measured and what built it).
 
 `t3s demo --rebuild-student DIR` reruns it (about 7 minutes on 2 CPU cores); the demo then uses DIR.
-A rebuild with today's code is a student of the same quality (31/32 of the demo's prompts) but not the
-bundled weights bit for bit (they differ by up to 0.26), so its demo numbers differ from
-docs/results/demo.md, which are for the bundled student (seed 1 on a rebuild: theta_b = step 8, T3S
-final 0.375 instead of 0.656). The engine did not change: the code that made the bundled student
-(commit cb0c96a) gives today's rebuild bit for bit (equal losses over phase 1 and the first 400 steps of
-phase 2). The bundled weights come from a build that was not one uninterrupted run; most likely the CPU
-mode's memory leak (fixed since, ~25 MB per step) made the 1,000-step build outgrow its box and it was
-resumed, and a resumed run equals an uninterrupted one to about 1e-6, not bitwise.
+The bundled weights are one uninterrupted `build_student` run at commit 7a5e8e8 (sdpa attention, the
+default since) on a 2-core x86-64 CPU with torch 2.14 and megatron-core 0.19; a second run there gave
+the same bytes. Another CPU, thread count or library version gives a student of the same quality but
+not the same bits (float reductions run in another order), and so other demo numbers than
+docs/results/demo.md. A run interrupted and resumed is not bitwise either (about 1e-6): the previous
+bundled student was such a build and could not be reproduced exactly.
 """
 
 from __future__ import annotations
