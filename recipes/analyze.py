@@ -92,6 +92,7 @@ class Engine:
         marker = W.read_marker(a.checkpoint[0])
         cfg = config_for(marker)
         cfg.train.precision = "auto"
+        cfg.model.spec = "auto"  # what training uses (TE or sdpa); config_for's local spec is quadratic in memory
         cfg = replace(cfg, dict(o.split("=", 1) for o in a.overrides)) if a.overrides else cfg
         if cfg.parallel.pp != 1 or cfg.parallel.cp != 1:
             raise T3SError("t3s analyze runs in one pipeline stage without context parallelism "

@@ -75,6 +75,7 @@ def main(argv=None) -> None:
                            f"dataset ({packed.fingerprint}); a selector must share the student's tokenizer")
     cfg = config_for(marker_a)
     cfg.train.precision = "auto"
+    cfg.model.spec = "auto"  # what training uses (TE or sdpa); config_for's local spec is quadratic in memory
     cfg = replace(cfg, dict(o.split("=", 1) for o in a.overrides)) if a.overrides else cfg
     p = cfg.parallel
     if env.world_size % (p.tp * p.pp * p.cp):

@@ -96,6 +96,7 @@ def main(argv=None) -> None:
     marker = W.read_marker(a.checkpoint)
     cfg = config_for(marker)
     cfg.train.precision = "auto"
+    cfg.model.spec = "auto"  # what training uses (TE or sdpa); config_for's local spec is quadratic in memory
     cfg = replace(cfg, dict(o.split("=", 1) for o in a.overrides)) if a.overrides else cfg
     if cfg.parallel.pp != 1 or cfg.parallel.cp != 1:
         raise T3SError("generation.backend=megatron samples with tensor parallelism only (parallel.pp=1, cp=1)")

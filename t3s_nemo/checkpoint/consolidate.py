@@ -24,7 +24,8 @@ from t3s_nemo.model.qwen3 import Shape
 
 
 def config_for(marker: dict) -> Config:
-    """A single-process Config that rebuilds the checkpoint's model."""
+    """A single-process fp32 Config that rebuilds the checkpoint's model, on megatron-core's local spec
+    (the parameter names consolidation maps; recipes that run the model set model.spec back to auto)."""
     from t3s_nemo.errors import T3SError
     from t3s_nemo.model.qwen3 import OVERRIDABLE, PRESETS, resolve_shape
 
