@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
 
 
 # Below this many tokens per bin the block-diagonal mask path is faster: the per-example loop's op
@@ -29,13 +30,7 @@ import torch.nn.functional as F
 SDPA_THD_MIN_TOKENS = 1024
 
 
-def _module_base():
-    from megatron.core.transformer.module import MegatronModule
-
-    return MegatronModule
-
-
-class SDPAttention(_module_base()):
+class SDPAttention(MegatronModule):
     """Drop-in `core_attention` for megatron-core's layer specs (same arguments as DotProductAttention).
 
     Inputs are [sq, b, heads, dim] (or [t, heads, dim] with THD packed_seq_params); the output is
