@@ -27,7 +27,7 @@ def test_attention_specs_agree_on_gpu(tiny_data):
     assert r["device"] == "cuda"
     for v in variants.split(","):
         assert r[v]["packed_vs_unpacked_max_abs_diff"] < 1e-4, v
-        assert r[v]["masked_labels_grad_diff"] == 0.0, v
+        assert r[v]["masked_labels_grad_diff"] < 1e-6, v  # GPU attention backward kernels may use atomics
         assert r[v]["all_masked_grads_finite"] and r[v]["all_masked_grad_max"] == 0.0, v
         assert r[v]["bidirectional_other_examples_diff"] < 1e-6, v
         if v != "local":
