@@ -15,11 +15,13 @@ flash-attn/FlashInfer, none of which is installed on a CPU box or a TE-less GPU 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 
 
@@ -69,7 +71,8 @@ class SDPAttention(MegatronModule):
         return kind == AttnMaskType.causal
 
     def _sdpa(self, q, k, v, mask, causal):
-        """q [b, h, sq, d], k/v [b, g, sk, d]; mask: bool, True where attention is allowed, or None."""
+        """q [b, h, sq, d], k/v [b, g, sk, d]; mask: bool, True where attention is allowed, or None
+        (causal only applies without a mask)."""
         if self.groups != self.heads:
             # repeated rather than enable_gqa=True: torch's memory-efficient kernel (the one that takes a
             # mask) falls back to the quadratic math kernel with enable_gqa
@@ -82,15 +85,11 @@ class SDPAttention(MegatronModule):
             mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
             causal = False
         dropout = self.dropout_p if self.training else 0.0
-        if dropout > 0:
-            from megatron.core import tensor_parallel
-
-            with tensor_parallel.get_cuda_rng_tracker().fork():
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                      is_causal=causal and mask is None and sq > 1,
-                                                      scale=self.softmax_scale)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None and sq > 1,
-                                              scale=self.softmax_scale)
+        # dropout draws from megatron's model-parallel RNG, as DotProductAttention's does
+        rng = tensor_parallel.get_cuda_rng_tracker().fork() if dropout > 0 else contextlib.nullcontext()
+        with rng:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                  is_causal=causal and sq > 1, scale=self.softmax_scale)
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):

@@ -123,7 +123,7 @@ def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, ...
                 config = qwen3.transformer_config(shape, ParallelConfig(tp=tp, pp=pp, ep=ep), dtype=torch.bfloat16,
                                                   use_cpu_init=True, recompute="none")
                 config.perform_initialization = False  # shapes only (random init on meta is slow for 5k experts)
-                spec, _ = qwen3.layer_spec("local", config=config)
+                spec = qwen3.layer_spec("local", config=config)
                 with torch.device("meta"):
                     model = qwen3.build_gpt(config, shape, qwen3.padded_vocab_size(vocab_size, tp), 4096, spec,
                                             pre_process=ps.is_pipeline_first_stage(),

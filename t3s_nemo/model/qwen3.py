@@ -251,7 +251,7 @@ def transformer_config(shape: Shape, parallel, *, dtype: torch.dtype, use_cpu_in
 
 
 def layer_spec(spec: str = "auto", bidirectional: bool = False, config=None, vp_stage: Optional[int] = None):
-    """The layer spec for model.spec, and whether it is Transformer Engine's.
+    """The layer spec for model.spec.
 
     auto: Transformer Engine's when TE imports, otherwise megatron-core's local spec with its core
     attention replaced by `SDPAttention` (torch's scaled_dot_product_attention: flash / memory-efficient
@@ -271,12 +271,11 @@ def layer_spec(spec: str = "auto", bidirectional: bool = False, config=None, vp_
 
         spec_ = get_gpt_decoder_block_spec(config, use_transformer_engine=kind == "te", normalization="RMSNorm",
                                            vp_stage=vp_stage)
-    layers = getattr(spec_, "layer_specs", None) or [spec_]
-    if kind == "sdpa" or bidirectional:
+    if kind == "sdpa" or bidirectional:  # the specs below are edited: megatron's are module-level objects
         import copy
 
         spec_ = copy.deepcopy(spec_)
-        layers = getattr(spec_, "layer_specs", None) or [spec_]
+    layers = getattr(spec_, "layer_specs", None) or [spec_]
     if kind == "sdpa":
         from t3s_nemo.model.attention import SDPAttention
 
@@ -288,7 +287,7 @@ def layer_spec(spec: str = "auto", bidirectional: bool = False, config=None, vp_
         for layer in layers:
             layer.submodules.self_attention.params = {**layer.submodules.self_attention.params,
                                                       "attn_mask_type": AttnMaskType.padding}
-    return spec_, kind == "te"
+    return spec_
 
 
 def attention_kind(spec: str = "auto") -> str:

@@ -19,9 +19,8 @@ class ModelBundle:
     tconfig: object  # megatron TransformerConfig
     shape: qwen3.Shape
     vocab_size: int  # padded
-    use_te: bool
     dtype: torch.dtype
-    packed_thd: bool = False  # packed examples go in as THD + cu_seqlens, not a block mask (qwen3.packs_thd)
+    packed_thd: bool  # packed examples go in as THD + cu_seqlens, not a block mask (qwen3.packs_thd)
 
 
 def run_dtype(cfg: Config) -> torch.dtype:
@@ -43,10 +42,11 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    if cfg.parallel.cp > 1 and not qwen3.layer_spec(cfg.model.spec)[1]:
+    use_te = qwen3.attention_kind(cfg.model.spec) == "te"
+    if cfg.parallel.cp > 1 and not use_te:
         raise T3SError("config key 'parallel.cp': context parallelism needs Transformer Engine attention "
                        "(GPU with the `gpu` extra or an NGC container); use parallel.cp=1 on CPU")
-    if cfg.parallel.sequence_parallel and cfg.parallel.tp > 1 and not qwen3.layer_spec(cfg.model.spec)[1]:
+    if cfg.parallel.sequence_parallel and cfg.parallel.tp > 1 and not use_te:
         raise T3SError("config key 'parallel.sequence_parallel': needs Transformer Engine layers (megatron-core's "
                        "local spec uses torch norms, which do not support it); install the `gpu` extra or use an "
                        "NGC container, or set parallel.sequence_parallel=false")
@@ -60,7 +60,6 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
                        "(parallel.ep splits the experts instead)")
     dtype = run_dtype(cfg)
     padded = qwen3.padded_vocab_size(vocab_size, cfg.parallel.tp)
-    use_te = qwen3.layer_spec(cfg.model.spec)[1]
     tconfig = qwen3.transformer_config(
         shape, cfg.parallel, dtype=dtype, use_cpu_init=True, recompute=cfg.model.recompute,
         moe_grouped_gemm=use_te, moe_aux_loss_coeff=cfg.model.moe_aux_loss_coeff,
@@ -71,7 +70,7 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
     vpp = cfg.parallel.vpp or 1
     for vp_stage in range(vpp):
         stage = vp_stage if cfg.parallel.vpp else None
-        spec, _ = qwen3.layer_spec(cfg.model.spec, bidirectional=bidirectional, config=tconfig, vp_stage=stage)
+        spec = qwen3.layer_spec(cfg.model.spec, bidirectional=bidirectional, config=tconfig, vp_stage=stage)
         chunk = qwen3.build_gpt(
             tconfig, shape, padded, seq_length, spec,
             pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
@@ -81,7 +80,7 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
         if torch.cuda.is_available() and not cpu_mode_active():
             chunk.cuda(torch.cuda.current_device())
         chunks.append(chunk)
-    return ModelBundle(chunks, tconfig, shape, padded, use_te, dtype, qwen3.packs_thd(cfg.model.spec, seq_length))
+    return ModelBundle(chunks, tconfig, shape, padded, dtype, qwen3.packs_thd(cfg.model.spec, seq_length))
 
 
 def wrap_ddp(bundle: ModelBundle, cfg: Config) -> list:
