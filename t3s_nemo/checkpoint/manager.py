@@ -63,8 +63,7 @@ def start_write_queue() -> None:
     except ImportError:  # a megatron-core without the shared queue: nothing to protect
         return
     if threading.current_thread() is not threading.main_thread():
-        get_write_results_queue()
-        return
+        return  # signal dispositions can only be changed here; megatron starts the queue on first use
     signals = (signal.SIGUSR1, signal.SIGTERM)
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
     try:
