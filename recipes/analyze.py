@@ -79,8 +79,7 @@ class Engine:
         from megatron.core import parallel_state as ps
 
         from t3s_nemo.checkpoint import weights as W
-        from t3s_nemo.checkpoint.consolidate import config_for
-        from t3s_nemo.config import replace
+        from t3s_nemo.checkpoint.consolidate import run_config
         from t3s_nemo.data.packed import PackedDataset
         from t3s_nemo.training.distributed import init_distributed, init_model_parallel
         from t3s_nemo.training.setup import build_model
@@ -90,10 +89,7 @@ class Engine:
         if "delta" not in self.packed.channels:
             raise T3SError(f"{a.data}: no 'delta' channel; run `t3s profile RUN` first")
         marker = W.read_marker(a.checkpoint[0])
-        cfg = config_for(marker)
-        cfg.train.precision = "auto"
-        cfg.model.spec = "auto"  # what training uses (TE or sdpa); config_for's local spec is quadratic in memory
-        cfg = replace(cfg, dict(o.split("=", 1) for o in a.overrides)) if a.overrides else cfg
+        cfg = run_config(marker, a.overrides)
         if cfg.parallel.pp != 1 or cfg.parallel.cp != 1:
             raise T3SError("t3s analyze runs in one pipeline stage without context parallelism "
                            "(parallel.pp=1 parallel.cp=1; use parallel.tp to split a large model)")

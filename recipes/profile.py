@@ -56,8 +56,7 @@ def main(argv=None) -> None:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from t3s_nemo.checkpoint import weights as W
-    from t3s_nemo.checkpoint.consolidate import config_for
-    from t3s_nemo.config import replace
+    from t3s_nemo.checkpoint.consolidate import run_config
     from t3s_nemo.data.dataset import PackedBins, collate
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
@@ -73,10 +72,7 @@ def main(argv=None) -> None:
         if m.get("tokenizer_fingerprint") and m["tokenizer_fingerprint"] != packed.fingerprint:
             raise T3SError(f"{path}: selector uses another tokenizer ({m['tokenizer_fingerprint']}) than the "
                            f"dataset ({packed.fingerprint}); a selector must share the student's tokenizer")
-    cfg = config_for(marker_a)
-    cfg.train.precision = "auto"
-    cfg.model.spec = "auto"  # what training uses (TE or sdpa); config_for's local spec is quadratic in memory
-    cfg = replace(cfg, dict(o.split("=", 1) for o in a.overrides)) if a.overrides else cfg
+    cfg = run_config(marker_a, a.overrides)
     p = cfg.parallel
     if env.world_size % (p.tp * p.pp * p.cp):
         raise T3SError(f"parallel.tp*pp*cp = {p.tp * p.pp * p.cp} does not divide the world size {env.world_size}")

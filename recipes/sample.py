@@ -80,8 +80,7 @@ def main(argv=None) -> None:
     )
 
     from t3s_nemo.checkpoint import weights as W
-    from t3s_nemo.checkpoint.consolidate import config_for
-    from t3s_nemo.config import replace
+    from t3s_nemo.checkpoint.consolidate import run_config
     from t3s_nemo.io import read_json
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
     from t3s_nemo.training.setup import build_model
@@ -94,10 +93,7 @@ def main(argv=None) -> None:
         raise T3SError(f"{a.prompts}: expected a JSON list of non-empty token-id lists")
     env = init_distributed()
     marker = W.read_marker(a.checkpoint)
-    cfg = config_for(marker)
-    cfg.train.precision = "auto"
-    cfg.model.spec = "auto"  # what training uses (TE or sdpa); config_for's local spec is quadratic in memory
-    cfg = replace(cfg, dict(o.split("=", 1) for o in a.overrides)) if a.overrides else cfg
+    cfg = run_config(marker, a.overrides)
     if cfg.parallel.pp != 1 or cfg.parallel.cp != 1:
         raise T3SError("generation.backend=megatron samples with tensor parallelism only (parallel.pp=1, cp=1)")
     if env.world_size % cfg.parallel.tp:

@@ -25,7 +25,7 @@ from t3s_nemo.model.qwen3 import Shape
 
 def config_for(marker: dict) -> Config:
     """A single-process fp32 Config that rebuilds the checkpoint's model, on megatron-core's local spec
-    (the parameter names consolidation maps; recipes that run the model set model.spec back to auto)."""
+    (the parameter names consolidation maps; recipes that run the model use run_config)."""
     from t3s_nemo.errors import T3SError
     from t3s_nemo.model.qwen3 import OVERRIDABLE, PRESETS, resolve_shape
 
@@ -50,6 +50,18 @@ def config_for(marker: dict) -> Config:
     cfg.model.spec = "local"
     cfg.train.precision = "fp32"
     return cfg
+
+
+def run_config(marker: dict, overrides: list[str]) -> Config:
+    """config_for, set up to run the model (profile, analyze, the megatron sampler): the training dtype
+    and attention (model.spec=auto: TE or sdpa; the local spec is quadratic in memory), then the user's
+    key=value overrides."""
+    from t3s_nemo.config import replace
+
+    cfg = config_for(marker)
+    cfg.train.precision = "auto"
+    cfg.model.spec = "auto"
+    return replace(cfg, dict(o.split("=", 1) for o in overrides)) if overrides else cfg
 
 
 # megatron's checkpoint keys name the fused layer norms the way Transformer Engine's spec does; its local

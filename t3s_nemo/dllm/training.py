@@ -164,14 +164,14 @@ def dllm_forward_step(data_iterator: Iterator[dict], model, thd: Optional[bool] 
 
     Items of data_iterator are DllmBins micro-batches carrying a `noise_seed` (add_noise_seeds).
     """
-    from t3s_nemo.training.loss import packs_thd
+    from t3s_nemo.training.loss import model_takes_thd
 
     batch = next(data_iterator)
     noised = noise_batch(batch, mask_token_id, eps)
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if thd is None:
-        thd = packs_thd(model)
+        thd = model_takes_thd(model)
     output = model(**model_inputs(batch, noised["input_ids"].to(device), thd))
     return output, partial(_loss, weight=noised["loss_weight"], num_tokens=batch["response_mask"].sum(),
                            noised=noised["noised_tokens"])

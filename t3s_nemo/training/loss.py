@@ -84,13 +84,13 @@ def t3s_forward_step(data_iterator: Iterator[dict], model, thd: Optional[bool] =
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if thd is None:
-        thd = packs_thd(model)
+        thd = model_takes_thd(model)
     output = model(**batch_to_model_inputs(batch, thd))
     # on pipeline stages before the last, output is a hidden state and the loss function is not called
     return output, partial(masked_token_loss, loss_weight=batch["loss_weight"])
 
 
-def packs_thd(model) -> bool:
+def model_takes_thd(model) -> bool:
     """Whether a model takes packed examples as THD + cu_seqlens: Transformer Engine or SDPAttention layers."""
     from t3s_nemo.devices import te_available
     from t3s_nemo.model.attention import SDPAttention

@@ -20,7 +20,7 @@ def main() -> None:
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.dllm.training import model_inputs
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
-    from t3s_nemo.training.loss import batch_to_model_inputs, masked_token_loss, packs_thd
+    from t3s_nemo.training.loss import batch_to_model_inputs, masked_token_loss, model_takes_thd
     from t3s_nemo.training.setup import build_model
 
     packed = PackedDataset(sys.argv[1])
@@ -41,7 +41,7 @@ def main() -> None:
         out["device"] = device.type
         batch = {k: v.to(device) for k, v in cpu_batch.items()}
         thd = bundle.packed_thd or spec.endswith("_thd")
-        r = out[spec] = {"packed_thd": bundle.packed_thd, "detected_thd": packs_thd(model)}
+        r = out[spec] = {"packed_thd": bundle.packed_thd, "detected_thd": model_takes_thd(model)}
 
         # 1. packed vs unpacked: each example of bin 0 alone (its own causal mask) gives the same per-token loss
         with torch.no_grad():
