@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -22,15 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 ORDER = ("sft", "t3s", "reverse", "static-confidence", "random", "rrt")
-
-
-def machine() -> dict:
-    import os
-
-    import torch
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+sys.path.insert(0, str(REPO))  # bench/machine.py: what a result ran on, as every benchmark records it
 
 
 def mean_sd(xs: list) -> str:
@@ -49,6 +40,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo-seeds"))
     p.add_argument("--results", type=Path, default=RESULTS)
     a = p.parse_args()
+    from bench.machine import machine_info
+
     seeds, times = {}, {}
     for seed in a.seeds:
         run = a.out / f"seed{seed}"
@@ -96,7 +89,7 @@ def main() -> None:
                   + ". Top yet-to-learn: " + ", ".join(repr(t["token"]) for t in report["top_yet_to_learn_tokens"][:12]) + "."]
     (a.results / "demo_table.md").write_text("\n".join(lines) + "\n")
     (a.results / "demo.json").write_text(json.dumps(
-        {"machine": machine(), "seeds": list(seeds), "seconds_per_seed": times, "peak_rss_gib": peak_rss, "rows": rows, "anchors": anchors,
+        {"machine": machine_info(), "seeds": list(seeds), "seconds_per_seed": times, "peak_rss_gib": peak_rss, "rows": rows, "anchors": anchors,
          "curves": {str(s): c for s, c in seeds.items()}}, indent=1) + "\n")
     plot(seeds, methods, a.results / "demo_accuracy.png")
     print("\n".join(lines))
