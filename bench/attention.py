@@ -18,31 +18,27 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_data import demo_packed  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 
 def child(spec: str, preset: str, seq_length: int, steps: int) -> dict:
-    from t3s_nemo.config import Config, resolve_path  # first: it quiets megatron-core's import-time warnings
+    from t3s_nemo.config import Config  # first: it quiets megatron-core's import-time warnings
 
     import psutil
     import torch
 
     from t3s_nemo.data.dataset import PackedBins, collate
-    from t3s_nemo.data.pack import PackOptions, pack
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
     from t3s_nemo.training.loss import batch_to_model_inputs, masked_token_loss
     from t3s_nemo.training.setup import build_model
 
-    tmp = Path(tempfile.mkdtemp())
-    assets = Path(resolve_path("pkg:assets/demo"))
-    pack([assets / "train.jsonl"], assets / "tokenizer", tmp / "data", PackOptions(seq_length=seq_length))
-    packed = PackedDataset(tmp / "data")
+    packed = PackedDataset(demo_packed(seq_length))
     init_distributed()
     cfg = Config()
     cfg.model.preset = preset

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_data import demo_packed  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 
@@ -32,13 +33,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_step.json"))
     a = ap.parse_args()
 
-    from t3s_nemo.config import Config, resolve_path  # first: it quiets megatron-core's import-time warnings
+    from t3s_nemo.config import Config  # first: it quiets megatron-core's import-time warnings
 
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from t3s_nemo.data.dataset import PackedBins, collate
-    from t3s_nemo.data.pack import PackOptions, pack
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.model.qwen3 import flops_per_token
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
@@ -46,12 +46,7 @@ def main() -> None:
     from t3s_nemo.training.loss import t3s_forward_step
     from t3s_nemo.training.setup import build_model, build_optimizer, wrap_ddp
 
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp())
-    assets = Path(resolve_path("pkg:assets/demo"))  # the bundled demo data and tokenizer
-    pack([assets / "train.jsonl"], assets / "tokenizer", tmp / "data", PackOptions(seq_length=a.seq_length))
-    packed = PackedDataset(tmp / "data")
+    packed = PackedDataset(demo_packed(a.seq_length))
     init_distributed()
     cfg = Config()
     cfg.model.preset = a.preset

@@ -40,7 +40,8 @@ def parse_args(argv):
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="prompts per batch; each brings its --num-samples rows")
     p.add_argument("--dllm-block-length", type=int, default=32, help="dLLM checkpoints: tokens per block")
     p.add_argument("--dllm-steps-per-block", type=int, default=32,
                    help="dLLM checkpoints: forward passes per block (block length = one token per pass)")
@@ -162,23 +163,28 @@ def _write(env, out: dict, prompts: list, seconds: float, a) -> None:
 def _sample_dllm(model, marker: dict, prompts: list, mine: list[int], a) -> dict[int, list[list[int]]]:
     """num_samples answers per prompt of this replica from a dLLM checkpoint (ids up to and with eos)."""
     from t3s_nemo.data.tokenizer import load_tokenizer
-    from t3s_nemo.dllm.sampler import sample
+    from t3s_nemo.dllm.sampler import sample_batch
 
     if marker.get("mask_token_id") is None:
         raise T3SError(f"{a.checkpoint}: a dllm checkpoint without mask_token_id in its marker (t3s.json)")
     block = min(a.dllm_block_length, a.max_new_tokens)
     gen_length = -(-a.max_new_tokens // block) * block
     vocab = len(load_tokenizer(marker.get("tokenizer", "")))
-    out: dict[int, list[list[int]]] = {}
-    for i in mine:
-        out[i] = []
-        for k in range(a.num_samples):
-            s = sample(model, [int(t) for t in prompts[i]], mask_token_id=int(marker["mask_token_id"]),
-                       vocab_size=vocab, gen_length=gen_length, block_length=block,
-                       steps_per_block=a.dllm_steps_per_block, temperature=a.temperature, eos_id=a.eos,
-                       seed=a.seed * 1_000_003 + i * 1009 + k)
+    # (prompt, sample) rows, shortest prompts first so that a batch pads little; each row has its own
+    # seed, so its answer does not depend on the batch it lands in
+    rows = sorted(((i, k) for i in mine for k in range(a.num_samples)), key=lambda r: (len(prompts[r[0]]), r))
+    size = a.batch_size * a.num_samples
+    out: dict[int, list] = {i: [None] * a.num_samples for i in mine}
+    for b in range(0, len(rows), size):
+        chunk = rows[b: b + size]
+        samples = sample_batch(model, [[int(t) for t in prompts[i]] for i, _ in chunk],
+                               seeds=[a.seed * 1_000_003 + i * 1009 + k for i, k in chunk],
+                               mask_token_id=int(marker["mask_token_id"]), vocab_size=vocab, gen_length=gen_length,
+                               block_length=block, steps_per_block=a.dllm_steps_per_block,
+                               temperature=a.temperature, eos_id=a.eos)
+        for (i, k), s in zip(chunk, samples):
             ids = s.tokens + ([a.eos] if s.num_tokens > len(s.tokens) else [])
-            out[i].append(ids[: a.max_new_tokens])  # gen_length was rounded up to whole blocks
+            out[i][k] = ids[: a.max_new_tokens]  # gen_length was rounded up to whole blocks
     return out
 
 

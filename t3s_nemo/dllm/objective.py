@@ -8,7 +8,7 @@ from `t3s mask --rule dllm`; the realised masked fraction is reported because th
 t in expectation.
 
 Only the pure-torch parts live here; t3s_nemo/dllm/training.py wires them into the training recipe
-(model.objective=dllm). A dLLM sampler is not done yet (docs/dllm.md).
+(model.objective=dllm); t3s_nemo/dllm/sampler.py samples a dLLM (docs/dllm.md).
 """
 
 from __future__ import annotations

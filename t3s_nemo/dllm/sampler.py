@@ -5,15 +5,25 @@ The answer starts as `gen_length` mask tokens after the prompt and is filled lef
 (argmax, or Gumbel-max at temperature > 0) and keeps the most confident predictions -- an even share of
 the block per step -- leaving the others masked for the next pass (LLaDA, "low-confidence remasking").
 
-A function on an in-memory megatron GPTModel (forward only; logits gathered over TP ranks, so every rank
-of a TP group returns the same tokens). recipes/sample.py (generation.backend=megatron) calls it for
+`sample_batch` fills many answers per forward pass, and each answer is the one `sample` gives alone:
+- prompts of different lengths are left-padded, and padding is masked out of attention. RoPE depends only
+  on the distance between positions, so the shift changes nothing. Models that take packed THD input
+  (Transformer Engine) get the rows packed with cu_seqlens instead, with no padding at all;
+- each row draws its Gumbel noise from its own seed, in the same order as alone;
+- only the block's positions go through the output layer (a [rows, block, vocab] logits tensor, not
+  [rows, prompt + answer, vocab]), as megatron's inference keeps only the last token's logits;
+- a row leaves the batch once a finished block holds its EOS: the answer ends there, and the blocks after
+  it cannot change the blocks before (they are final once filled).
+
+Functions on an in-memory megatron GPTModel (forward only; logits gathered over TP ranks, so every rank of
+a TP group returns the same tokens). recipes/sample.py (generation.backend=megatron) calls them for
 checkpoints whose marker says objective=dllm.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -24,53 +34,134 @@ class DllmSample:
     num_tokens: int  # generated tokens counted as for AR samples: up to and including EOS
 
 
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary logits [1, s, V] of a bidirectional GPTModel (gathered over TP ranks)."""
-    from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
-
-    s = ids.shape[1]
-    pos = torch.arange(s, device=ids.device).unsqueeze(0)
-    mask = torch.zeros(1, 1, s, s, dtype=torch.bool, device=ids.device)  # one sequence: attend everywhere
-    out = model(ids, pos, mask)
-    return gather_from_tensor_model_parallel_region(out) if model.parallel_output else out
-
-
 @torch.no_grad()
 def sample(model, prompt: list[int], *, mask_token_id: int, vocab_size: int, gen_length: int = 64,
            block_length: int = 32, steps_per_block: int = 8, temperature: float = 0.0,
            eos_id: Optional[int] = None, seed: int = 0) -> DllmSample:
     """One answer for `prompt` (token ids). vocab_size: the tokenizer's, so padding rows and the mask
     id itself are never produced."""
+    return sample_batch(model, [prompt], seeds=[seed], mask_token_id=mask_token_id, vocab_size=vocab_size,
+                        gen_length=gen_length, block_length=block_length, steps_per_block=steps_per_block,
+                        temperature=temperature, eos_id=eos_id)[0]
+
+
+@torch.no_grad()
+def sample_batch(model, prompts: Sequence[Sequence[int]], *, seeds: Sequence[int], mask_token_id: int,
+                 vocab_size: int, gen_length: int = 64, block_length: int = 32, steps_per_block: int = 8,
+                 temperature: float = 0.0, eos_id: Optional[int] = None,
+                 thd: Optional[bool] = None) -> list[DllmSample]:
+    """One answer per prompt, all rows in each forward pass; row r draws its noise from seeds[r].
+
+    thd: pack the rows with cu_seqlens (no padding) instead of left-padding them under a mask; None
+    chooses THD for Transformer Engine models, which take no arbitrary mask, and padding otherwise (one
+    batched attention call per layer).
+    """
     if gen_length % block_length:
         raise ValueError(f"gen_length {gen_length} is not a multiple of block_length {block_length}")
+    if len(seeds) != len(prompts) or not prompts or not all(len(p) for p in prompts):
+        raise ValueError("sample_batch needs one seed per prompt and non-empty prompts")
+    if thd is None:
+        thd = _takes_only_thd(model)
     device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    p = len(prompt)
-    x = torch.full((1, p + gen_length), mask_token_id, dtype=torch.long)
-    x[0, :p] = torch.as_tensor(prompt, dtype=torch.long)
-    for b0 in range(p, p + gen_length, block_length):
-        block = slice(b0, b0 + block_length)
-        steps = max(1, min(steps_per_block, block_length))
-        # an even share of the block per step (the first steps take the remainder), as LLaDA's schedule
-        share = [block_length // steps + (1 if i < block_length % steps else 0) for i in range(steps)]
-        for k in share:
-            masked = x[0, block] == mask_token_id
-            if not masked.any():
-                break
-            logits = _logits(model, x.to(device))[0, block, :vocab_size].float().cpu()
+    lengths = [len(p) for p in prompts]
+    width = max(lengths)  # the answers start at column `width` of the left-padded rows
+    x = torch.full((len(prompts), width + gen_length), mask_token_id, dtype=torch.long, device=device)
+    for r, p in enumerate(prompts):
+        x[r, width - len(p): width] = torch.as_tensor(list(p), dtype=torch.long, device=device)
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    steps = max(1, min(steps_per_block, block_length))
+    # an even share of the block per step (the first steps take the remainder), as LLaDA's schedule
+    share = [block_length // steps + (1 if i < block_length % steps else 0) for i in range(steps)]
+    active = list(range(len(prompts)))
+    for b0 in range(width, width + gen_length, block_length):
+        for k in share:  # every row of the block has the same number of masked positions at each step
+            rows = torch.as_tensor(active, device=device)
+            logits = _block_logits(model, x[rows], [lengths[r] for r in active], width, b0, block_length, thd)
+            logits = logits[..., :vocab_size].float()
             if mask_token_id < vocab_size:
-                logits[:, mask_token_id] = float("-inf")
+                logits[..., mask_token_id] = float("-inf")
             if temperature > 0:
-                gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=g).clamp(1e-10, 1.0)))
-                pred = (logits / temperature + gumbel).argmax(-1)
+                u = torch.stack([torch.rand(logits.shape[1:], generator=gens[r], device=device) for r in active])
+                pred = (logits / temperature - torch.log(-torch.log(u.clamp(1e-10, 1.0)))).argmax(-1)
             else:
                 pred = logits.argmax(-1)
             conf = torch.softmax(logits, -1).gather(-1, pred.unsqueeze(-1)).squeeze(-1)
+            block = x[rows, b0: b0 + block_length]
+            masked = block == mask_token_id
             conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
-            keep = conf.topk(min(k, int(masked.sum()))).indices
-            x[0, b0 + keep] = pred[keep]
-    answer = x[0, p:].tolist()
-    if eos_id is not None and eos_id in answer:
-        cut = answer.index(eos_id)
-        return DllmSample(tokens=answer[:cut], num_tokens=cut + 1)
-    return DllmSample(tokens=answer, num_tokens=len(answer))
+            keep = conf.topk(min(k, int(masked[0].sum())), dim=-1).indices
+            block.scatter_(1, keep, pred.gather(1, keep))
+            x[rows, b0: b0 + block_length] = block
+        if eos_id is not None:  # an answer whose EOS is in a finished block is final
+            done = (x[active, b0: b0 + block_length] == eos_id).any(-1).tolist()
+            active = [r for r, d in zip(active, done) if not d]
+        if not active:
+            break
+    out = []
+    for r in range(len(prompts)):
+        answer = x[r, width:].tolist()
+        if eos_id is not None and eos_id in answer:
+            cut = answer.index(eos_id)
+            out.append(DllmSample(tokens=answer[:cut], num_tokens=cut + 1))
+        else:
+            out.append(DllmSample(tokens=answer, num_tokens=len(answer)))
+    return out
+
+
+def _block_logits(model, x: torch.Tensor, lengths: list[int], width: int, b0: int, block_length: int,
+                  thd: bool) -> torch.Tensor:
+    """Logits [rows, block_length, V] (gathered over TP ranks) at columns b0.. of the left-padded rows x
+    of a bidirectional GPTModel; row r's prompt is its last lengths[r] columns before `width`."""
+    from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+
+    from t3s_nemo.dllm.training import bidirectional_mask
+
+    rows, s = x.shape
+    device = x.device
+    if thd:
+        from megatron.core.packed_seq_params import PackedSeqParams
+
+        starts = [width - n for n in lengths]
+        seqs = [x[r, a:] for r, a in enumerate(starts)]
+        sizes = torch.as_tensor([len(q) for q in seqs], device=device)
+        cu = torch.zeros(rows + 1, dtype=torch.int32, device=device)
+        cu[1:] = sizes.cumsum(0)
+        ids = torch.cat(seqs).unsqueeze(0)
+        pos = torch.cat([torch.arange(len(q), device=device) for q in seqs]).unsqueeze(0)
+        # row r's block starts (b0 - starts[r]) tokens into its packed sequence
+        at = torch.cat([cu[r] + (b0 - a) + torch.arange(block_length, device=device) for r, a in enumerate(starts)])
+        kw = dict(attention_mask=None, packed_seq_params=PackedSeqParams(
+            qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=int(sizes.max()),
+            max_seqlen_kv=int(sizes.max())))
+    else:
+        ids = x
+        cols = torch.arange(s, device=device)
+        segment = torch.where(cols.unsqueeze(0) >= (width - torch.as_tensor(lengths, device=device)).unsqueeze(1),
+                              0, -1)  # -1: left padding, which attends only within the padding
+        pos = (cols.unsqueeze(0) - (width - torch.as_tensor(lengths, device=device)).unsqueeze(1)).clamp(min=0)
+        at = b0 + torch.arange(block_length, device=device)
+        kw = dict(attention_mask=bidirectional_mask(segment))
+    # only the block's hidden states reach the output layer; with sequence parallelism the decoder's
+    # output is split over the sequence, so the logits are taken in full and sliced after
+    sliced = not model.config.sequence_parallel
+    hook = model.decoder.register_forward_hook(lambda m, a, out: out.index_select(0, at)) if sliced else None
+    try:
+        out = model(ids, pos, **kw)
+    finally:
+        if hook is not None:
+            hook.remove()
+    out = gather_from_tensor_model_parallel_region(out) if model.parallel_output else out
+    if not sliced:
+        out = out.index_select(1, at)
+    return out.reshape(rows, block_length, -1)
+
+
+def _takes_only_thd(model) -> bool:
+    """Transformer Engine layers: packed input goes in as THD (SDPAttention takes either)."""
+    from t3s_nemo.devices import te_available
+
+    if not te_available():
+        return False
+    import transformer_engine.pytorch as te
+
+    return any(isinstance(m, te.module.base.TransformerEngineBaseModule) for m in model.modules())

@@ -86,6 +86,23 @@ def test_sampler_fills_the_answer_and_counts_tokens(checks):
     assert r["sample_deterministic"] and r["sample_hot_differs"]  # greedy repeats; temperature 1 samples
     # with an EOS: the answer stops before it, and the count includes it (as for AR samples)
     assert r["eos_tokens"] == r["eos_first_index"] and r["eos_num_tokens"] == r["eos_first_index"] + 1
+    assert r["eos_prefix_equal"]
+
+
+def test_batched_sampler_gives_each_row_its_answer_alone(checks):
+    """Prompts of three lengths in one batch, left-padded under a mask and packed as THD: each row's answer
+    is the one it gets alone, greedy and at temperature 1 (its own seed), and the rows differ."""
+    r = checks
+    for t in ("0", "1"):
+        assert r[f"batch_equal_t{t}_thd0"] and r[f"batch_equal_t{t}_thd1"]
+        assert r[f"batch_rows_differ_t{t}"]
+
+
+def test_batched_sampler_stops_rows_at_eos(checks):
+    """Rows whose EOS is in the first of two blocks stop there (4 forward passes, not 8), same answers."""
+    r = checks
+    assert r["eos_batch_rows"]
+    assert r["eos_calls"] == 4 and r["full_calls"] == 8
 
 
 def test_megatron_backend_samples_a_dllm_checkpoint(single, dllm_data, tmp_path):

@@ -18,6 +18,8 @@ CASES = {
     "checkpoint": (["--steps", "3", "--hidden", "64", "--layers", "1"], "async_stall"),
     "pack": (["--tokens", "20000", "--seq-length", "256"], "end_to_end"),
     "attention": (["--steps", "1", "--seq-lengths", "256"], "by_seq_length"),
+    "dllm_sample": (["--prompts", "2", "--gen-length", "8", "--block-length", "4", "--steps-per-block", "2"],
+                    "batched_over_alone"),
 }
 
 

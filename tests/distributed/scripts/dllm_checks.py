@@ -67,6 +67,28 @@ def main() -> None:
         "sample_deterministic": greedy.tokens == again.tokens, "sample_hot_differs": hot.tokens != greedy.tokens,
         "eos_first_index": greedy.tokens.index(eos), "eos_num_tokens": cut.num_tokens, "eos_tokens": len(cut.tokens),
     })
+    # batches: prompts of different lengths, left-padded (mask) or packed (THD); each row as alone
+    from t3s_nemo.dllm.sampler import sample_batch
+
+    prompts = [prompt, prompt[3:], prompt[:7] + prompt]
+    seeds = [11, 12, 13]
+    for temperature in (0.0, 1.0):
+        alone = [sample(model, q, **kw, temperature=temperature, seed=s).tokens for q, s in zip(prompts, seeds)]
+        for thd in (False, True):
+            got = sample_batch(model, prompts, seeds=seeds, **kw, temperature=temperature, thd=thd)
+            out[f"batch_equal_t{temperature:g}_thd{int(thd)}"] = [s.tokens for s in got] == alone
+        out[f"batch_rows_differ_t{temperature:g}"] = len({tuple(t) for t in alone}) == len(alone)
+
+    # a row whose EOS lands in a finished block leaves the batch: forward passes are counted
+    calls = []
+    hook = model.register_forward_hook(lambda m, a, o: calls.append(1))
+    both = sample_batch(model, [prompt, prompt], seeds=[0, 0], **kw, eos_id=eos)  # EOS in block 1 of 2
+    eos_calls = len(calls)
+    sample_batch(model, [prompt, prompt], seeds=[0, 0], **kw)
+    hook.remove()
+    out.update({"eos_prefix_equal": cut.tokens == greedy.tokens[: len(cut.tokens)],
+                "eos_batch_rows": [s.tokens for s in both] == [cut.tokens, cut.tokens],
+                "eos_calls": eos_calls, "full_calls": len(calls) - eos_calls})
     print("RESULT " + json.dumps(out))
 
 
