@@ -80,9 +80,13 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], *, seeds: Sequence[int
             logits = logits[..., :vocab_size].float()
             if mask_token_id < vocab_size:
                 logits[..., mask_token_id] = float("-inf")
-            if temperature > 0:
-                u = torch.stack([torch.rand(logits.shape[1:], generator=gens[r], device=device) for r in active])
-                pred = (logits / temperature - torch.log(-torch.log(u.clamp(1e-10, 1.0)))).argmax(-1)
+            if temperature > 0:  # Gumbel-max, row by row from each row's generator (no [rows, block, V] noise)
+                scores = logits / temperature
+                for j, r in enumerate(active):
+                    u = torch.rand(scores.shape[1:], generator=gens[r], device=device)
+                    scores[j] -= torch.log(-torch.log(u.clamp(1e-10, 1.0)))
+                pred = scores.argmax(-1)
+                del scores
             else:
                 pred = logits.argmax(-1)
             conf = torch.softmax(logits, -1).gather(-1, pred.unsqueeze(-1)).squeeze(-1)
