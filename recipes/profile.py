@@ -74,6 +74,9 @@ def main(argv=None) -> None:
                            f"dataset ({packed.fingerprint}); a selector must share the student's tokenizer")
     cfg = run_config(marker_a, a.overrides)
     p = cfg.parallel
+    if p.cp > 1:  # per-token outputs are written from whole micro-batches
+        raise T3SError("t3s profile runs without context parallelism: set parallel.cp=1 and split the model "
+                       "with parallel.tp / parallel.pp instead")
     if env.world_size % (p.tp * p.pp * p.cp):
         raise T3SError(f"parallel.tp*pp*cp = {p.tp * p.pp * p.cp} does not divide the world size {env.world_size}")
     init_model_parallel(cfg.parallel)

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.model.qwen3 import flops_per_token, num_parameters
     from t3s_nemo.training import data as tdata
+    from t3s_nemo.training.context_parallel import split_for_context_parallel
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
     from t3s_nemo.training.logging import TrajectoryLog, peak_flops, print_line
     from t3s_nemo.training.loss import t3s_forward_step
@@ -161,9 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     sampler = tdata.StepSampler(len(bins), cfg.train.global_batch_size, cfg.train.seed, cfg.data.shuffle)
     forward_backward = get_forward_backward_func()
     dp_rank = ps.get_data_parallel_rank()
-    # one rank per data-parallel replica contributes the step's statistics (TP/PP/CP ranks duplicate them)
-    reporter = (ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
-                and ps.get_context_parallel_rank() == 0)
+    # the last stage's TP rank 0 of every data-parallel replica and CP rank contributes the step's
+    # statistics (TP ranks duplicate them; CP ranks each hold a share of every micro-batch's tokens)
+    reporter = ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
+    cp, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
     nmb = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
     flops_tok = flops_per_token(bundle.shape, bundle.vocab_size, packed.seq_length)
     peak = peak_flops()
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(start, end):
         t0 = time.perf_counter()
         batches = tdata.micro_batches(bins, sampler, step, dp_rank, dp, cfg.train.micro_batch_size)
+        if cp > 1:
+            batches = [split_for_context_parallel(b, cp, cp_rank) for b in batches]
         if dllm:  # the step's noise is a function of (seed, step, dp rank): resume redraws it exactly
             dtrain.add_noise_seeds(batches, cfg.train.seed, step, dp_rank)
         if moe:  # aux-loss gradient scale = the step's loss tokens / positions, over all DP replicas

@@ -80,7 +80,7 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     vpp: Optional[int] = None  # virtual pipeline stages per rank (interleaved 1F1B); GPU recipes
-    cp: int = 1  # context parallel (needs Transformer Engine attention, i.e. GPU)
+    cp: int = 1  # context parallel: examples split over cp ranks (sdpa or te attention; pp=1, AR only)
     ep: int = 1  # expert parallel (MoE presets): experts split over ep ranks of the data-parallel ranks
     sequence_parallel: bool = False
     distributed_optimizer: bool = True
@@ -404,6 +404,18 @@ def check_parallel(cfg: Config, world_size: int) -> int:
             f"world size {world_size}"
         )
     dp = world_size // model_parallel
+    if p.cp > 1:  # t3s_nemo/training/context_parallel.py
+        from t3s_nemo.model.qwen3 import attention_kind
+
+        if attention_kind(cfg.model.spec) == "local":
+            raise T3SError("config key 'parallel.cp': context parallelism needs model.spec auto, sdpa or te "
+                           "(megatron-core's local attention has none)")
+        if p.pp > 1:
+            raise T3SError("config key 'parallel.cp': context parallelism with parallel.pp > 1 is not supported "
+                           "yet (each example is padded to a multiple of 2 x cp, so micro-batch shapes vary)")
+        if cfg.model.objective != "ar":
+            raise T3SError("config key 'parallel.cp': context parallelism is not supported yet for "
+                           f"model.objective={cfg.model.objective}")
     # megatron-core's expert grid: tp (expert TP = TP) x ep x pp ranks per expert-data-parallel replica
     if p.ep > 1 and world_size % (p.tp * p.ep * p.pp):
         raise T3SError(

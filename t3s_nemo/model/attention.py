@@ -46,16 +46,16 @@ class SDPAttention(MegatronModule):
         from megatron.core.utils import divide
 
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError("SDPAttention does not implement context parallelism (use the Transformer Engine spec)")
         if getattr(config, "softmax_type", "vanilla") != "vanilla":
             raise ValueError(f"SDPAttention supports softmax_type 'vanilla' only, not {config.softmax_type!r}")
         if getattr(config, "window_size", None) is not None:
             raise ValueError("SDPAttention does not implement sliding-window attention")
         self.attn_mask_type = attn_mask_type
         if pg_collection is None:
-            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp", "cp"])
         tp = pg_collection.tp.size()
+        self.cp_group = getattr(pg_collection, "cp", None)
+        self.cp = self.cp_group.size() if self.cp_group is not None else 1
         self.heads = divide(config.num_attention_heads, tp)
         self.groups = divide(config.num_query_groups, tp)
         head_dim = config.kv_channels
@@ -105,6 +105,9 @@ class SDPAttention(MegatronModule):
             bq, bk = cu_q.tolist(), cu_k.tolist()
             if len(bq) != len(bk):
                 raise ValueError("cu_seqlens_q and cu_seqlens_kv describe different numbers of sequences")
+            if self.cp > 1:
+                return self._context_parallel(query, key, value, bq, packed_seq_params.cu_seqlens_kv.tolist(),
+                                              causal)
             outs = []
             for (q0, q1), (k0, k1) in zip(zip(bq[:-1], bq[1:]), zip(bk[:-1], bk[1:])):
                 q = query[q0:q1].permute(1, 0, 2).unsqueeze(0)
@@ -127,6 +130,44 @@ class SDPAttention(MegatronModule):
         out = self._sdpa(q, k, v, mask, causal and attention_mask is None)
         sq, b = query.shape[0], query.shape[1]
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
+
+    def _context_parallel(self, query, key, value, padded: list[int], real: list[int], causal: bool):
+        """THD attention of this CP rank's queries (chunks r and 2cp-1-r of every example: see
+        t3s_nemo/training/context_parallel.py) against the whole examples' keys and values, all-gathered
+        over the CP group (their gradients reduce-scattered back). padded/real: cu_seqlens with and
+        without each example's padding, over the unsplit micro-batch.
+
+        Why all-gather rather than Transformer Engine's ring: one collective per layer and plain SDPA
+        calls; each rank holds every example's K and V (2 x groups x dim per token), as Llama 3's context
+        parallelism does. Positions at or past an example's real length are never attended to.
+        """
+        from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+
+        cp, rank = self.cp, self.cp_group.rank()
+        t = query.shape[0]
+        k_all = gather_from_sequence_parallel_region(key, group=self.cp_group).view(cp, t, *key.shape[1:])
+        v_all = gather_from_sequence_parallel_region(value, group=self.cp_group).view(cp, t, *value.shape[1:])
+        outs = []
+        for i in range(len(padded) - 1):
+            c = (padded[i + 1] - padded[i]) // (2 * cp)
+            lo = padded[i] // cp  # where example i starts in every rank's local tokens
+            # the whole example: first chunks from ranks 0..cp-1, then the second chunks from cp-1..0
+            order = [(r, 0) for r in range(cp)] + [(r, 1) for r in reversed(range(cp))]
+            k = torch.cat([k_all[r, lo + h * c: lo + (h + 1) * c] for r, h in order])
+            v = torch.cat([v_all[r, lo + h * c: lo + (h + 1) * c] for r, h in order])
+            q = query[lo: lo + 2 * c]
+            device = query.device
+            q_pos = torch.cat([torch.arange(j * c, (j + 1) * c, device=device) for j in (rank, 2 * cp - 1 - rank)])
+            k_pos = torch.arange(2 * cp * c, device=device)
+            allowed = (k_pos < real[i + 1] - real[i]).unsqueeze(0).expand(2 * c, -1)
+            if causal:
+                allowed = allowed & (q_pos.unsqueeze(1) >= k_pos.unsqueeze(0))
+            # a padding query past an example's keys (bidirectional) would have none: megatron's uniform row
+            allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
+            out = self._sdpa(*(x.permute(1, 0, 2).unsqueeze(0) for x in (q, k, v)), allowed, False)
+            outs.append(out[0].permute(1, 0, 2))
+        out = torch.cat(outs, dim=0) if outs else query.new_zeros(query.shape)
+        return out.reshape(out.shape[0], -1)
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
         return {}  # no parameters (vanilla softmax only)

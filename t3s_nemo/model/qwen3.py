@@ -304,18 +304,18 @@ def attention_kind(spec: str = "auto") -> str:
     return spec
 
 
-def packs_thd(spec: str = "auto", seq_length: Optional[int] = None) -> bool:
+def packs_thd(spec: str = "auto", seq_length: Optional[int] = None, cp: int = 1) -> bool:
     """Whether packed examples go to the model as THD + cu_seqlens or with a block-diagonal mask.
 
     te: THD. local: the mask. sdpa: THD from SDPA_THD_MIN_TOKENS tokens per bin (or with no length
     given), the mask below it: short bins of many short examples run faster as one masked call than
-    example by example (t3s_nemo/model/attention.py).
+    example by example (t3s_nemo/model/attention.py). With context parallelism (cp > 1) always THD.
     """
     from t3s_nemo.model.attention import SDPA_THD_MIN_TOKENS
 
     kind = attention_kind(spec)
     if kind == "sdpa":
-        return seq_length is None or seq_length >= SDPA_THD_MIN_TOKENS
+        return cp > 1 or seq_length is None or seq_length >= SDPA_THD_MIN_TOKENS
     return kind == "te"
 
 

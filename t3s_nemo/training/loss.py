@@ -56,14 +56,18 @@ def batch_to_model_inputs(batch: dict[str, torch.Tensor], thd: bool) -> dict:
         from megatron.core.packed_seq_params import PackedSeqParams
 
         cu = batch["cu_seqlens"].to(torch.int32)
-        max_len = int((cu[1:] - cu[:-1]).max())
+        # context parallelism (training/context_parallel.py): examples padded to multiples of 2 x cp
+        cu_padded = batch.get("cu_seqlens_padded")
+        cu_padded = None if cu_padded is None else cu_padded.to(torch.int32)
+        max_len = int(((cu if cu_padded is None else cu_padded).diff()).max())
         return dict(
             input_ids=batch["tokens"].reshape(1, -1),
             position_ids=batch["position_ids"].reshape(1, -1),
             attention_mask=None,
             labels=batch["labels"].reshape(1, -1),
             packed_seq_params=PackedSeqParams(
-                qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len
+                qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len,
+                cu_seqlens_q_padded=cu_padded, cu_seqlens_kv_padded=cu_padded,
             ),
         )
     return dict(

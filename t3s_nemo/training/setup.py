@@ -43,9 +43,6 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
     use_te = qwen3.attention_kind(cfg.model.spec) == "te"
-    if cfg.parallel.cp > 1 and not use_te:
-        raise T3SError("config key 'parallel.cp': context parallelism needs Transformer Engine attention "
-                       "(GPU with the `gpu` extra or an NGC container); use parallel.cp=1 on CPU")
     if cfg.parallel.sequence_parallel and cfg.parallel.tp > 1 and not use_te:
         raise T3SError("config key 'parallel.sequence_parallel': needs Transformer Engine layers (megatron-core's "
                        "local spec uses torch norms, which do not support it); install the `gpu` extra or use an "
@@ -54,6 +51,8 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
         raise T3SError("config key 'parallel.vpp': interleaved pipeline schedules are GPU-only here")
     shape = qwen3.resolve_shape(cfg.model)
     qwen3.check_shape(shape, cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp, cfg.parallel.ep)
+    if shape.is_moe and cfg.parallel.cp > 1:
+        raise T3SError("config key 'parallel.cp': context parallelism is not supported yet for MoE presets")
     if shape.is_moe and cfg.parallel.tp > 1 and not cfg.parallel.sequence_parallel:
         raise T3SError("config key 'parallel.sequence_parallel': megatron-core trains MoE layers at tp>1 only with "
                        "sequence parallelism (which needs Transformer Engine); set it true on GPU, or use tp=1 "
@@ -80,7 +79,7 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
         if torch.cuda.is_available() and not cpu_mode_active():
             chunk.cuda(torch.cuda.current_device())
         chunks.append(chunk)
-    return ModelBundle(chunks, tconfig, shape, padded, dtype, qwen3.packs_thd(cfg.model.spec, seq_length))
+    return ModelBundle(chunks, tconfig, shape, padded, dtype, qwen3.packs_thd(cfg.model.spec, seq_length, cfg.parallel.cp))
 
 
 def wrap_ddp(bundle: ModelBundle, cfg: Config) -> list:

@@ -1,4 +1,4 @@
-"""TP=2, PP=2 and DP=2 (torchrun, 2 gloo processes) against one process on identical data."""
+"""TP=2, PP=2, CP=2 and DP=2 (torchrun, 2 gloo processes) against one process on identical data."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from procs import TINY, env, run, train
+from procs import TINY, env, run, t3s, train
 from t3s_nemo.checkpoint.consolidate import read_full_state
 
 STEPS = ("train.steps=3", "train.global_batch_size=4", "train.micro_batch_size=1", "train.warmup_steps=0",
@@ -30,7 +30,8 @@ def reference(tiny_data, tmp_path_factory):
     return {"dir": run_dir, "records": records, "start": start, "final": final, "hf": root / "hf"}
 
 
-@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], []], ids=["tp2", "pp2", "dp2"])
+@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], ["parallel.cp=2"], []],
+                         ids=["tp2", "pp2", "cp2", "dp2"])
 def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
     records = train(tmp_path / "run", tiny_data, *STEPS, "checkpoint.snapshot_step0=false",
                     f"model.init={reference['dir'] / 'snapshots' / 'step_0'}", *layout, nproc=2)
@@ -50,8 +51,12 @@ def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
     assert mine.keys() == theirs.keys()
     for k in mine:
         assert not torch.equal(theirs[k], start[k]) or "norm" in k  # the steps really moved the weights
-        torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=1e-5, msg=k)
-    if layout:  # export straight from the TP=2 / PP=2 snapshot: transformers loads it, same logits
+        # Adam moves an element by up to ~lr per step whatever its gradient's size, so the few elements
+        # whose gradient is near zero carry summation-order noise into the weights: CP=2 (K/V gradients
+        # reduce-scattered over ranks) leaves 3 of 32,768 embedding elements 1-2.3e-5 apart, all else < 4e-6,
+        # against moves of up to 9e-3 over the 3 steps
+        torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=5e-5, msg=k)
+    if layout:  # export straight from the TP=2 / PP=2 / CP=2 snapshot: transformers loads it, same logits
         from transformers import AutoModelForCausalLM
 
         run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(snapshot), str(tmp_path / "hf")])
@@ -62,10 +67,15 @@ def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_context_parallel_needs_transformer_engine_on_cpu(tiny_data, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                        "-m", "t3s_nemo.recipes.train", str(TINY), f"run_dir={tmp_path / 'run'}",
-                        f"data.path={tiny_data}", "parallel.cp=2"], capture_output=True, text=True, env=env(),
-                       timeout=300)
-    assert p.returncode != 0
-    assert "context parallelism needs Transformer Engine" in p.stdout + p.stderr
+@pytest.mark.parametrize("extra, message", [
+    (["model.spec=local"], "context parallelism needs model.spec auto, sdpa or te"),
+    (["parallel.pp=2"], "context parallelism with parallel.pp > 1 is not supported yet"),
+    (["model.objective=dllm"], "context parallelism is not supported yet for model.objective=dllm"),
+], ids=["local-spec", "pp", "dllm"])
+def test_context_parallel_refuses_what_it_does_not_cover(extra, message, tiny_data, tmp_path):
+    nproc = 4 if "parallel.pp=2" in extra else 2
+    p = subprocess.run([*t3s(), "sft", str(TINY), f"run_dir={tmp_path / 'run'}", f"data.path={tiny_data}",
+                        "parallel.cp=2", *extra, f"--nproc-per-node={nproc}"], capture_output=True, text=True,
+                       env=env(), timeout=300)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert message in p.stdout + p.stderr
