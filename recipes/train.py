@@ -193,10 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(start, end):
         t0 = time.perf_counter()
         batches = tdata.micro_batches(bins, sampler, step, dp_rank, dp, cfg.train.micro_batch_size)
-        if cp > 1:
-            batches = [split_for_context_parallel(b, cp, cp_rank) for b in batches]
         if dllm:  # the step's noise is a function of (seed, step, dp rank): resume redraws it exactly
             dtrain.add_noise_seeds(batches, cfg.train.seed, step, dp_rank)
+        if cp > 1:  # each CP rank keeps its share of every example (noise drawn first, per example)
+            if dllm:
+                dtrain.add_noise(batches, cfg.model.mask_token_id, cfg.model.noise_eps)
+            batches = [split_for_context_parallel(b, cp, cp_rank) for b in batches]
         if moe:  # aux-loss gradient scale = the step's loss tokens / positions, over all DP replicas
             counts = torch.tensor(tmoe.step_token_counts(batches, dllm), dtype=torch.float64)
             dist.all_reduce(counts, group=ps.get_data_parallel_group())

@@ -128,6 +128,15 @@ def add_noise_seeds(batches: list[dict], seed: int, step: int, dp_rank: int) -> 
     return batches
 
 
+def add_noise(batches: list[dict], mask_token_id: int, eps: float) -> list[dict]:
+    """Draw every micro-batch's noise now, into per-token fields `noised_ids` and `noise_weight`: with
+    context parallelism a rank holds only a share of each example, but t is drawn per example."""
+    for batch in batches:
+        noised = noise_batch(batch, mask_token_id, eps)
+        batch["noised_ids"], batch["noise_weight"] = noised["input_ids"], noised["loss_weight"]
+    return batches
+
+
 def noise_batch(batch: dict[str, torch.Tensor], mask_token_id: int, eps: float) -> dict[str, torch.Tensor]:
     """input_ids (noised), loss_weight (1/t on noised positions), noised_tokens, for a CPU batch."""
     g = torch.Generator().manual_seed(int(batch["noise_seed"]))
@@ -162,12 +171,17 @@ def dllm_forward_step(data_iterator: Iterator[dict], model, thd: Optional[bool] 
                       mask_token_id: int, eps: float = 1e-3):
     """forward_step_func for megatron-core's get_forward_backward_func (bind the keywords with partial).
 
-    Items of data_iterator are DllmBins micro-batches carrying a `noise_seed` (add_noise_seeds).
+    Items of data_iterator are DllmBins micro-batches carrying a `noise_seed` (add_noise_seeds), or
+    their noise already drawn (add_noise: context parallelism).
     """
     from t3s_nemo.training.loss import model_takes_thd
 
     batch = next(data_iterator)
-    noised = noise_batch(batch, mask_token_id, eps)
+    if "noised_ids" in batch:
+        noised = {"input_ids": batch["noised_ids"], "loss_weight": batch["noise_weight"],
+                  "noised_tokens": (batch["noise_weight"] != 0).sum()}
+    else:
+        noised = noise_batch(batch, mask_token_id, eps)
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if thd is None:

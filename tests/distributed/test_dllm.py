@@ -1,6 +1,6 @@
 """The tiny dLLM (masked diffusion) on the real engine: trains from the CLI and its loss decreases, TP=2
-(torchrun, 2 gloo processes) gives the single process's per-step losses, attention is bidirectional, the
-block-wise remasking sampler fills every masked position and counts tokens."""
+and CP=2 (torchrun, 2 gloo processes) give the single process's per-step losses, attention is
+bidirectional, the block-wise remasking sampler fills every masked position and counts tokens."""
 
 import json
 import shutil
@@ -55,13 +55,16 @@ def test_tiny_dllm_trains_from_the_cli(single, dllm_data):
     assert marker["objective"] == "dllm" and marker["mask_token_id"] == vocab
 
 
-def test_tp2_matches_single_process(single, dllm_data, tmp_path):
+@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.cp=2"], ids=["tp2", "cp2"])
+def test_layout_matches_single_process(layout, single, dllm_data, tmp_path):
+    """TP=2, and CP=2 (bidirectional attention over all-gathered keys; noise drawn per example before
+    the split), give the single process's losses."""
     _, ref = single
-    records = train(tmp_path / "run", dllm_data, "train.steps=3", *STEPS, "parallel.tp=2", nproc=2)
+    records = train(tmp_path / "run", dllm_data, "train.steps=3", *STEPS, layout, nproc=2)
     assert [r["step"] for r in records] == [1, 2, 3]
     for a, b in zip(records, ref[:3]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-        assert a["masked_fraction"] == b["masked_fraction"]  # the same noise on both TP ranks and layouts
+        assert a["masked_fraction"] == b["masked_fraction"]  # the same noise on both ranks and layouts
 
 
 @pytest.fixture(scope="module")

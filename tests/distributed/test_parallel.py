@@ -70,8 +70,8 @@ def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["model.spec=local"], "context parallelism needs model.spec auto, sdpa or te"),
     (["parallel.pp=2"], "context parallelism with parallel.pp > 1 is not supported yet"),
-    (["model.objective=dllm"], "context parallelism is not supported yet for model.objective=dllm"),
-], ids=["local-spec", "pp", "dllm"])
+    (["model.preset=tiny_moe"], "context parallelism is not supported yet for MoE presets"),
+], ids=["local-spec", "pp", "moe"])
 def test_context_parallel_refuses_what_it_does_not_cover(extra, message, tiny_data, tmp_path):
     nproc = 4 if "parallel.pp=2" in extra else 2
     p = subprocess.run([*t3s(), "sft", str(TINY), f"run_dir={tmp_path / 'run'}", f"data.path={tiny_data}",
