@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     from t3s_nemo.data.dataset import PackedBins, collate
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
-    from t3s_nemo.training.loss import batch_to_model_inputs
+    from t3s_nemo.training.loss import batch_to_model_inputs, schedule_shape
     from t3s_nemo.training.setup import build_model
 
     a = parse_args(sys.argv[1:] if argv is None else argv)
@@ -120,8 +120,8 @@ def main(argv=None) -> None:
         with torch.no_grad():
             for batch in batches:
                 fb(forward_step_func=forward_step, data_iterator=iter([batch]), model=bundle.chunks,
-                   num_microbatches=1, seq_length=packed.seq_length, micro_batch_size=len(batch["tokens"]),
-                   forward_only=True)
+                   num_microbatches=1, forward_only=True,
+                   **schedule_shape(bundle.packed_thd, packed.seq_length, len(batch["tokens"])))
                 bar.advance(task)
         seconds += time.perf_counter() - t0
         bar.stop()

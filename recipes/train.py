@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     from t3s_nemo.training.context_parallel import split_for_context_parallel
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
     from t3s_nemo.training.logging import TrajectoryLog, peak_flops, print_line
-    from t3s_nemo.training.loss import t3s_forward_step
+    from t3s_nemo.training.loss import schedule_shape, t3s_forward_step
     from t3s_nemo.training.setup import build_model, build_optimizer, build_scheduler, wrap_ddp
 
     # ---- set-up -------------------------------------------------------------------------------------
@@ -211,8 +211,7 @@ def main(argv: list[str] | None = None) -> None:
             data_iterator=[iter(batches) for _ in model] if len(model) > 1 else iter(batches),
             model=model,
             num_microbatches=nmb,
-            seq_length=packed.seq_length,
-            micro_batch_size=cfg.train.micro_batch_size,
+            **schedule_shape(bundle.packed_thd, packed.seq_length, cfg.train.micro_batch_size),
             forward_only=False,
         )
         ok, grad_norm, _ = optimizer.step()

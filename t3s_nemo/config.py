@@ -80,7 +80,7 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     vpp: Optional[int] = None  # virtual pipeline stages per rank (interleaved 1F1B); GPU recipes
-    cp: int = 1  # context parallel: examples split over cp ranks (sdpa or te attention; pp=1)
+    cp: int = 1  # context parallel: examples split over cp ranks (sdpa or te attention)
     ep: int = 1  # expert parallel (MoE presets): experts split over ep ranks of the data-parallel ranks
     sequence_parallel: bool = False
     distributed_optimizer: bool = True
@@ -410,9 +410,6 @@ def check_parallel(cfg: Config, world_size: int) -> int:
         if attention_kind(cfg.model.spec) == "local":
             raise T3SError("config key 'parallel.cp': context parallelism needs model.spec auto, sdpa or te "
                            "(megatron-core's local attention has none)")
-        if p.pp > 1:
-            raise T3SError("config key 'parallel.cp': context parallelism with parallel.pp > 1 is not supported "
-                           "yet (each example is padded to a multiple of 2 x cp, so micro-batch shapes vary)")
     # megatron-core's expert grid: tp (expert TP = TP) x ep x pp ranks per expert-data-parallel replica
     if p.ep > 1 and world_size % (p.tp * p.ep * p.pp):
         raise T3SError(

@@ -78,6 +78,15 @@ def batch_to_model_inputs(batch: dict[str, torch.Tensor], thd: bool) -> dict:
     )
 
 
+def schedule_shape(thd: bool, seq_length: int, micro_batch_size: int) -> dict:
+    """seq_length and micro_batch_size for get_forward_backward_func, which sizes the activations sent
+    between pipeline stages from them: [seq_length, micro_batch_size, hidden]. THD packs a micro-batch
+    into one sequence, [micro_batch_size x seq_length, 1, hidden]."""
+    if thd:
+        return {"seq_length": seq_length * micro_batch_size, "micro_batch_size": 1}
+    return {"seq_length": seq_length, "micro_batch_size": micro_batch_size}
+
+
 def t3s_forward_step(data_iterator: Iterator[dict], model, thd: Optional[bool] = None):
     """forward_step_func for megatron-core's get_forward_backward_func (and Megatron-Bridge).
 

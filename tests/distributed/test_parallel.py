@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from procs import TINY, env, run, t3s, train
+from procs import REPO, TINY, env, run, t3s, train
 from t3s_nemo.checkpoint.consolidate import read_full_state
 
 STEPS = ("train.steps=3", "train.global_batch_size=4", "train.micro_batch_size=1", "train.warmup_steps=0",
@@ -30,11 +30,13 @@ def reference(tiny_data, tmp_path_factory):
     return {"dir": run_dir, "records": records, "start": start, "final": final, "hf": root / "hf"}
 
 
-@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], ["parallel.cp=2"], []],
-                         ids=["tp2", "pp2", "cp2", "dp2"])
+@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"], ["parallel.cp=2"], [],
+                                    ["parallel.cp=2", "parallel.pp=2"]],
+                         ids=["tp2", "pp2", "cp2", "dp2", "cp2-pp2"])
 def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
+    nproc = 4 if len(layout) == 2 else 2  # cp2-pp2: activations of varying length between the stages
     records = train(tmp_path / "run", tiny_data, *STEPS, "checkpoint.snapshot_step0=false",
-                    f"model.init={reference['dir'] / 'snapshots' / 'step_0'}", *layout, nproc=2)
+                    f"model.init={reference['dir'] / 'snapshots' / 'step_0'}", *layout, nproc=nproc)
     assert [r["step"] for r in records] == [1, 2, 3]
     for a, b in zip(records, reference["records"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
@@ -67,15 +69,29 @@ def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_pipeline_passes_thd_micro_batches_of_two(tmp_path):
+    """Bins of 1,024 tokens go to the sdpa spec as THD, one [2 x 1024, 1, hidden] sequence per micro-batch of
+    two: the pipeline stages must exchange that shape (they used to expect [1024, 2, hidden] and failed)."""
+    from t3s_nemo.data.pack import PackOptions, pack
+
+    pack([REPO / "t3s_nemo" / "assets" / "demo" / "train.jsonl"], REPO / "t3s_nemo" / "assets" / "demo" / "tokenizer",
+         tmp_path / "data", PackOptions(seq_length=1024))
+    ref = train(tmp_path / "ref", tmp_path / "data", *STEPS, "checkpoint.snapshot_step0=true")
+    got = train(tmp_path / "pp", tmp_path / "data", *STEPS, "parallel.pp=2", "train.micro_batch_size=2",
+                f"model.init={tmp_path / 'ref' / 'snapshots' / 'step_0'}", nproc=2)
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for a, b in zip(got, ref):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["trained_tokens"] == b["trained_tokens"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["model.spec=local"], "context parallelism needs model.spec auto, sdpa or te"),
-    (["parallel.pp=2"], "context parallelism with parallel.pp > 1 is not supported yet"),
     (["model.preset=tiny_moe"], "context parallelism is not supported yet for MoE presets"),
-], ids=["local-spec", "pp", "moe"])
+], ids=["local-spec", "moe"])
 def test_context_parallel_refuses_what_it_does_not_cover(extra, message, tiny_data, tmp_path):
-    nproc = 4 if "parallel.pp=2" in extra else 2
     p = subprocess.run([*t3s(), "sft", str(TINY), f"run_dir={tmp_path / 'run'}", f"data.path={tiny_data}",
-                        "parallel.cp=2", *extra, f"--nproc-per-node={nproc}"], capture_output=True, text=True,
+                        "parallel.cp=2", *extra, "--nproc-per-node=2"], capture_output=True, text=True,
                        env=env(), timeout=300)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert message in p.stdout + p.stderr
