@@ -22,6 +22,7 @@ def main(argv=None) -> None:
     from t3s_nemo.checkpoint import weights as W
     from t3s_nemo.checkpoint.consolidate import config_for
     from t3s_nemo.config import replace
+    from t3s_nemo.io import check_replaceable
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
     from t3s_nemo.training.setup import build_model
 
@@ -34,8 +35,7 @@ def main(argv=None) -> None:
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     env = init_distributed()
     out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        raise T3SError(f"{out}: output exists (pass --overwrite to replace it)")
+    check_replaceable(out, [a.base, a.bottleneck, a.final], a.overwrite)
     markers = [W.read_marker(x) for x in (a.base, a.bottleneck, a.final)]
     if len({str(m.get("shape")) for m in markers}) != 1 or len({m.get("padded_vocab_size") for m in markers}) != 1:
         raise T3SError("rrt: theta_0, theta_b and theta_f must be checkpoints of the same model")

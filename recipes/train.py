@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     start = ckpt.restore(model, optimizer, scheduler) if cfg.resume == "auto" else 0
     if start == 0 and cfg.model.init:
         ckpt.load_init(cfg.model.init)
+    elif start == 0 and env.is_main and cfg.model.preset not in ("tiny", "tiny_moe"):
+        console.print(f"[yellow]model.init is empty: {cfg.model.preset} starts from random weights[/] (set "
+                      "model.init to a Hugging Face directory or a t3s checkpoint to fine-tune one)")
     # train.stop_at ends this launch early (a chunk of online T3S); the schedule still spans train.steps
     end = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
     if start >= end:

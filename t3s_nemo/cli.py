@@ -195,7 +195,7 @@ def _not_yet(stage: str, issue: str) -> None:
 @app.command("bottleneck")
 def bottleneck(
     run: Annotated[Path, typer.Argument(help="A trajectory run directory (with snapshots/ and config.yaml).")],
-    overrides: OverridesArg = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="generation.*, bottleneck.* and data.path overrides, e.g. generation.n=8 bottleneck.rule=moving_average.", show_default=False)] = None,
     force: Annotated[Optional[bool], typer.Option("--force/--no-force", help="Pick theta_b even when no accuracy dip is found (default: bottleneck.force).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="I/K: evaluate only every K-th selected snapshot from the I-th and stop without picking theta_b (one task of a job array; slurm/bottleneck.sbatch sets it). A later run without --shard picks theta_b from the saved results.")] = None,
 ):
@@ -206,7 +206,8 @@ def bottleneck(
     picks theta_b by bottleneck.rule (argmin | moving_average | first_recovery). Writes
     RUN/bottleneck.json, RUN/accuracy.png and RUN/bottleneck/step_N.json (finished snapshots are not
     evaluated again). Exits non-zero when accuracy never dips bottleneck.margin below theta_0's (no
-    Imitation Shock: T3S does not apply) unless --force. Overrides: generation.* and bottleneck.* keys.
+    Imitation Shock: T3S does not apply) unless --force. Overrides: generation.* and bottleneck.*
+    keys, and data.path (when the packed data moved).
     """
     from t3s_nemo.trajectory.bottleneck import parse_shard, run_bottleneck
 
@@ -406,6 +407,8 @@ def eval_(
             from t3s_nemo.io import read_json
 
             r = read_json(Path(path), "eval results")
+            if not isinstance(r, dict) or not isinstance(r.get("benchmarks"), dict) or "overall" not in r:
+                raise T3SError(f"{path}: not a `t3s eval` results.json (expected 'benchmarks' and 'overall')")
             loaded[label or Path(path).parent.name] = r
         out_console = console.__class__(highlight=False, width=max(110, console.width))
         out_console.print(E.table(loaded))
@@ -431,9 +434,9 @@ def plan(
     overrides: OverridesArg = None,
     gpus: Annotated[Optional[int], typer.Option(help="GPUs in the job (default: tp*pp*max(cp, ep) of the config).")] = None,
     gpu_memory: Annotated[float, typer.Option(help="GiB per GPU (H100 80GB: 79.6).")] = 79.6,
-    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary (Qwen3: 151669).")] = 151669,
+    vocab_size: Annotated[Optional[int], typer.Option(help="Tokenizer vocabulary (default: the config's data.tokenizer when set, else Qwen3's 151669).", show_default=False)] = None,
 ):
-    """Memory per GPU of the config's layout and of nearby TP/PP/CP choices at 8k/16k/32k tokens.
+    """Memory per GPU of the config's layout and of nearby TP/PP/CP choices at 8k/16k/32k tokens (and data.seq_length).
 
     Weights, gradients, distributed-optimizer state, activations (with the configured recomputation)
     and logits on the busiest rank. Parameters per rank are counted on the real megatron-core model of
@@ -443,12 +446,22 @@ def plan(
     """
     from t3s_nemo.config import load_config
     from t3s_nemo.model import plan as P
-    from t3s_nemo.model.qwen3 import check_moe, num_parameters, padded_vocab_size, resolve_shape
+    from t3s_nemo.model.qwen3 import check_shape, num_parameters, padded_vocab_size, resolve_shape
 
     cfg = load_config(config, overrides)
     shape = resolve_shape(cfg.model)
     p = cfg.parallel
-    check_moe(shape, p.ep)
+    check_shape(shape, p.tp, p.pp, p.vpp, p.ep)
+    for flag, value in (("--gpus", gpus), ("--vocab-size", vocab_size), ("--gpu-memory", gpu_memory)):
+        if value is not None and value <= 0:
+            raise T3SError(f"{flag} {value}: must be > 0")
+    if vocab_size is None:
+        vocab_size = 151669
+        if cfg.data.tokenizer:
+            from t3s_nemo.config import resolve_path
+            from t3s_nemo.data.tokenizer import load_tokenizer
+
+            vocab_size = len(load_tokenizer(resolve_path(cfg.data.tokenizer)))
     n = gpus or p.tp * p.pp * max(p.cp, p.ep)
     layouts = [(p.tp, p.pp, p.cp)] + [l for l in ((8, 1, 1), (8, 2, 1), (8, 4, 1), (8, 2, 2), (4, 2, 1), (4, 4, 1), (2, 4, 1))
                                       if l != (p.tp, p.pp, p.cp)]
@@ -456,21 +469,22 @@ def plan(
                if not (shape.num_layers % pp or shape.num_attention_heads % tp or shape.num_query_groups % tp
                        or n % (tp * pp * cp) or n % (tp * pp * p.ep))]
     if not layouts:
-        raise T3SError(f"--gpus {n}: no layout fits (tp*pp*cp and tp*pp*ep={p.tp * p.pp * p.ep} must divide it)")
+        raise T3SError(f"{n} GPUs{'' if gpus else ' (tp*pp*max(cp, ep) of the config)'}: no layout fits "
+                       f"(tp*pp*cp and tp*pp*ep={p.tp * p.pp * p.ep} must divide the GPU count)")
     with console.status("building each layout's first and last pipeline stage on the meta device"):
         params = P.meta_rank_params(shape, vocab_size, sorted({(tp, pp, p.ep) for tp, pp, _ in layouts}))
     rows = []
     for tp, pp, cp in layouts:
-        for seq in (8192, 16384, 32768):
+        for seq in sorted({cfg.data.seq_length, 8192, 16384, 32768}):
             rows.append(P.estimate(shape, padded_vocab_size(vocab_size, tp), tp, pp, cp, n // (tp * pp * cp), seq,
                                    cfg.train.micro_batch_size, cfg.model.recompute,
                                    p.sequence_parallel, p.distributed_optimizer, cfg.train.precision != "fp32",
                                    params=params[(tp, pp, p.ep)], ep=p.ep))
     out = console.__class__(highlight=False, width=max(110, console.width))
     total = num_parameters(shape, padded_vocab_size(vocab_size, 1))
-    size = f"{total / 1e9:.2f}B parameters"
+    size = f"{P.count(total)} parameters"
     if shape.is_moe:
-        size += (f" ({num_parameters(shape, padded_vocab_size(vocab_size, 1), active=True) / 1e9:.2f}B active per "
+        size += (f" ({P.count(num_parameters(shape, padded_vocab_size(vocab_size, 1), active=True))} active per "
                  f"token; {shape.num_experts} experts, top-{shape.moe_topk}, ep={p.ep})")
     out.print(f"{cfg.model.preset}: {size}; {n} GPUs; first row group = the config's layout "
               f"(tp={p.tp} pp={p.pp} cp={p.cp}), recompute={cfg.model.recompute}")
@@ -542,7 +556,7 @@ def demo(
     student: Annotated[Optional[Path], typer.Option(help="The student (theta_0): a HF directory; default the bundled one. With --rebuild-student: where to write it.")] = None,
     rebuild_student: Annotated[bool, typer.Option(help="Pre-train the student from random weights first (stage 0, about 7 minutes on 2 cores; the bundled weights bit for bit on the machine and versions that made them, t3s_nemo/demo/student.py).")] = False,
     nproc_per_node: NprocOpt = 1,
-    overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming an earlier demo run.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming an earlier demo run (--out must hold a demo run or be empty).")] = False,
 ):
     """The Imitation Shock and T3S at toy scale, on CPU (about 2.5 minutes on 2 cores).
 

@@ -282,6 +282,8 @@ def _read_yaml(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise T3SError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise T3SError(f"{path}: is a directory; give a config file (e.g. {path}/sft.yaml)") from None
     except UnicodeDecodeError as e:
         raise T3SError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     try:

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from t3s_nemo.errors import T3SError
 
@@ -51,15 +51,34 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise T3SError(f"{path}:{e.lineno}: invalid JSON in {what}: {e.msg}") from None
 
 
+def check_replaceable(output: str | Path, inputs: Iterable = (), overwrite: bool = True) -> None:
+    """One clear error before an output directory is (re)written where that would lose data: it exists
+    and overwrite is off, it is a file, or it is (or contains) one of the command's inputs, which
+    replacing it would delete."""
+    output = Path(output)
+    out = output.resolve()
+    for i in inputs:
+        if i is None or str(i) == "":
+            continue
+        p = Path(i).resolve()
+        if out == p or out in p.parents:
+            raise T3SError(f"{output}: output {'is' if out == p else 'contains'} the input {i}; replacing it "
+                           "would delete the input. Write to another directory")
+    if output.exists() and not overwrite:
+        raise T3SError(f"{output}: output directory exists (pass --overwrite to replace it)")
+    if output.exists() and not output.is_dir():
+        raise T3SError(f"{output}: output exists and is not a directory; refusing to replace it")
+
+
 @contextlib.contextmanager
-def staged_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_dir(final: str | Path, overwrite: bool = False, inputs: Iterable = ()) -> Iterator[Path]:
     """Yield an empty temporary directory that becomes `final` only if the block succeeds.
 
-    An existing `final` is refused unless overwrite; it is replaced only after the new one is whole.
+    An existing `final` is refused unless overwrite (and always when it is a file or holds one of
+    `inputs`: check_replaceable); it is replaced only after the new one is whole.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise T3SError(f"{final}: output directory exists (pass --overwrite to replace it)")
+    check_replaceable(final, inputs, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; see atomic_write_text

@@ -45,32 +45,36 @@ def step_dirs(parent: Path, complete_only: bool = True) -> list[tuple[int, Path]
 
 
 def start_write_queue() -> None:
-    """Start megatron's checkpoint write-results queue now, in a process that ignores SIGUSR1 and SIGTERM.
+    """Start megatron's checkpoint write-results queue now, in a Manager process that ignores SIGUSR1 and
+    SIGTERM and exits when this process is gone.
 
     megatron-core's writer sends results through a multiprocessing Manager it spawns on the first save
     (filesystem_async.get_write_results_queue). A spawned process takes the default action for those
     signals, which is to die, while Slurm delivers them to every process of the job step, more than once
     (`scancel --full --signal=USR1` signals the step and srun forwards the batch shell's copy). A late copy
     killed the Manager of the very checkpoint the signal asked for (EOFError in every rank; the preemption
-    test caught it under load), or an earlier Manager of async snapshots mid-run. Ignored dispositions
-    survive exec, so the Manager is spawned with both ignored here; the recipe's own handlers come after.
+    test caught it under load), or an earlier Manager of async snapshots mid-run.
+
+    Ignoring the signals means the Manager no longer dies with a job that is killed outright (SIGTERM
+    with no handler, SIGKILL): multiprocessing shuts it down only at a normal exit. So its process also
+    watches its parent and exits once it is gone. Why not megatron's function: it creates the Manager
+    with no initializer; this one sets its module's queue (`_results_queue`), which megatron then uses.
     """
-    import signal
-    import threading
+    import multiprocessing as mp
+    import os
+    from multiprocessing.managers import SyncManager
 
     try:
-        from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
+        from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
     except ImportError:  # a megatron-core without the shared queue: nothing to protect
         return
-    if threading.current_thread() is not threading.main_thread():
-        return  # signal dispositions can only be changed here; megatron starts the queue on first use
-    signals = (signal.SIGUSR1, signal.SIGTERM)
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
-    try:
-        get_write_results_queue()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    if getattr(fa, "_results_queue", None) is not None or not hasattr(fa, "_results_queue"):
+        return
+    from t3s_nemo.checkpoint.write_queue import guard
+
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(initializer=guard, initargs=(os.getpid(),))
+    fa._results_queue = manager.Queue()
 
 
 def snapshot_bytes(num_params: int, dtype: torch.dtype) -> int:

@@ -32,7 +32,14 @@ def read_marker(path: str | Path) -> dict:
     if not path.is_dir():
         raise T3SError(f"{path}: checkpoint directory not found")
     if not is_complete(path):
-        raise T3SError(f"{path}: incomplete checkpoint (no {MARKER}; its save was interrupted)")
+        if any((path / n).exists() for n in (".metadata", "metadata.json", "common.pt")) or any(path.glob("*.distcp")):
+            raise T3SError(f"{path}: incomplete checkpoint (no {MARKER}; its save was interrupted)")
+        hint = ""
+        if (path / "snapshots").is_dir() or (path / "checkpoints").is_dir():
+            hint = "; this looks like a run directory: pass RUN/snapshots/step_N or RUN/checkpoints/iter_N"
+        elif path.name in ("snapshots", "checkpoints"):
+            hint = f"; pass one of its step directories ({path}/...)"
+        raise T3SError(f"{path}: not a t3s checkpoint (no {MARKER}){hint}")
     return read_json(path / MARKER, "checkpoint marker")
 
 

@@ -306,7 +306,7 @@ def mix(
         "examples": examples,
     }
 
-    with staged_dir(output, overwrite=overwrite) as tmp:
+    with staged_dir(output, overwrite=overwrite, inputs=[ds.path for _, ds in sets]) as tmp:
         _write(tmp, sets, bins, chosen, names, dtypes)
         if first.tokenizer_dir.is_dir():
             shutil.copytree(first.tokenizer_dir, tmp / "tokenizer")

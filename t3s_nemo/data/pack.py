@@ -177,12 +177,14 @@ def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path
         raise T3SError(f"--seq-length must be at least 2, got {opts.seq_length}")
     if opts.on_overflow not in ("error", "drop", "truncate"):
         raise T3SError(f"--on-overflow '{opts.on_overflow}': expected error, drop or truncate")
+    if opts.template not in ("auto", "chat", "plain"):
+        raise T3SError(f"--template '{opts.template}': expected auto, chat or plain")
     files = input_files(inputs)
     tok = load_tokenizer(tokenizer_dir)
     render = _Renderer(tok, opts.template, opts.system_prompt)
     output = Path(output)
 
-    with staged_dir(output, overwrite=opts.overwrite) as tmp:
+    with staged_dir(output, overwrite=opts.overwrite, inputs=[*inputs, *files, tokenizer_dir]) as tmp:
         # Pass 1: tokenize into an unpacked temporary dataset, in input order.
         scratch = str(tmp / "_unpacked")
         builder = idx.IndexedDatasetBuilder(idx.get_bin_path(scratch), dtype=np.int32)

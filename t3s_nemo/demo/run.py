@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from t3s_nemo.console import console
+from t3s_nemo.errors import T3SError
 
 
 def demo_overrides(out: Path, steps: Optional[int], seed: int, student: Optional[Path]) -> list[str]:
@@ -35,6 +36,14 @@ def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed:
 
     t0 = time.monotonic()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise T3SError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.yaml").is_file():
+        # an earlier demo (or pipeline) run starts with config.yaml; anything else is someone's data,
+        # which --overwrite must not delete either
+        raise T3SError(f"--out {out}: a non-empty directory that is not a demo run; choose another --out")
+    if student is not None and not rebuild_student and not (Path(student) / "config.json").is_file():
+        raise T3SError(f"--student {student}: not a Hugging Face model directory (no config.json)")
     if overwrite and out.exists():
         shutil.rmtree(out)
     if rebuild_student:

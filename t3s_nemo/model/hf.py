@@ -155,11 +155,12 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
     from t3s_nemo.checkpoint import weights as W
     from t3s_nemo.checkpoint.consolidate import read_full_state
     from t3s_nemo.data.tokenizer import fingerprint, load_tokenizer
-    from t3s_nemo.io import atomic_write_json, staged_dir
+    from t3s_nemo.io import atomic_write_json, check_replaceable, staged_dir
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise T3SError(f"{out}: output directory exists (pass --overwrite to replace it)")
+    if dtype not in ("auto", "bf16", "bfloat16", "fp32", "float32"):
+        raise T3SError(f"--dtype {dtype}: expected auto, bf16 or fp32")
+    check_replaceable(out, [ckpt, tokenizer], overwrite)
     early = W.read_marker(ckpt)
     if (early.get("shape") or {}).get("num_experts", 0):
         raise T3SError(f"{ckpt}: an MoE ({early.get('preset')}) checkpoint; Hugging Face export covers dense Qwen3 only")
@@ -170,6 +171,9 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
         raise T3SError(f"{ckpt}: a {marker['objective']} checkpoint is not a Qwen3ForCausalLM")
     tok_dir = Path(tokenizer or marker.get("tokenizer") or "")
     if not (tok_dir / "tokenizer_config.json").is_file() and not (tok_dir / "tokenizer.json").is_file():
+        if tokenizer:
+            raise T3SError(f"--tokenizer {tokenizer}: not a tokenizer directory (no tokenizer_config.json or "
+                           "tokenizer.json)")
         raise T3SError(f"{ckpt}: its tokenizer ({tok_dir}) is not there any more; pass --tokenizer DIR")
     tok = load_tokenizer(tok_dir)
     if marker.get("tokenizer_fingerprint") and fingerprint(tok) != marker["tokenizer_fingerprint"]:
@@ -180,7 +184,7 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
     dtype = "bfloat16" if torch_dtype == torch.bfloat16 else "float32"
     hf = {k: v.to(torch_dtype) for k, v in megatron_to_hf(state, shape).items()}
     vocab = hf["model.embed_tokens.weight"].shape[0]
-    with staged_dir(out, overwrite=overwrite) as tmp:
+    with staged_dir(out, overwrite=overwrite, inputs=[ckpt, tok_dir]) as tmp:
         save_file(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(tmp / "config.json", hf_config(shape, vocab, dtype, tok))
         atomic_write_json(tmp / "generation_config.json", {
@@ -230,9 +234,10 @@ def import_(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> Pat
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
     from t3s_nemo.training.setup import build_model
 
+    from t3s_nemo.io import check_replaceable
+
     hf_dir, out = Path(hf_dir), Path(out)
-    if out.exists() and not overwrite:
-        raise T3SError(f"{out}: output directory exists (pass --overwrite to replace it)")
+    check_replaceable(out, [hf_dir], overwrite)
     _host_only()
     cfg_json = read_json(hf_dir / "config.json", "Hugging Face config.json")
     shape = shape_from_hf_config(cfg_json, hf_dir)

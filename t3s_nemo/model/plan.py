@@ -136,6 +136,11 @@ def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, ...
     return out
 
 
+def count(n: float) -> str:
+    """A parameter count for people: 32.76B, 751.1M."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
 def estimate(shape: Shape, vocab: int, tp: int, pp: int, cp: int, dp: int, seq_length: int,
              micro_batch_size: int = 1, recompute: str = "selective", sequence_parallel: bool = True,
              distributed_optimizer: bool = True, bf16: bool = True,
@@ -175,7 +180,7 @@ def table(rows: list[RankMemory], gpu_gib: float):
                 "total", "fits"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(str(r.tp), str(r.pp), str(r.cp), str(r.dp), f"{r.seq_length // 1024}k", f"{r.params / 1e9:.2f}B",
+        t.add_row(str(r.tp), str(r.pp), str(r.cp), str(r.dp), f"{r.seq_length // 1024}k", count(r.params),
                   *(f"{x / GiB:.1f}" for x in (r.weights, r.grads, r.optimizer, r.activations, r.logits, r.total)),
                   "yes" if r.total < gpu_gib * GiB * 0.9 else "[red]no[/]")
     return t

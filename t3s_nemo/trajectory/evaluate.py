@@ -104,8 +104,11 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
 
     model, out = Path(model), Path(out)
     benches = {Path(b).stem: read_benchmark(Path(b), problem_field, answer_field) for b in benchmarks}
-    out.mkdir(parents=True, exist_ok=True)
     from t3s_nemo.checkpoint import weights as W
+
+    if not W.is_complete(model) and not (model / "config.json").is_file():  # before OUT is created
+        raise T3SError(f"{model}: neither a complete t3s checkpoint nor a Hugging Face model directory")
+    out.mkdir(parents=True, exist_ok=True)
 
     objective = W.read_marker(model).get("objective", "ar") if W.is_complete(model) else "ar"
     settings = {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,

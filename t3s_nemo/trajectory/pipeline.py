@@ -51,17 +51,20 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     def stage(title: str) -> None:
         console.rule(f"[bold]{title}")
 
-    stage(f"1. trajectory run: plain SFT for {sft_steps} steps, a snapshot per step -> {sft_dir}")
+    interval = cfg.checkpoint.snapshot_interval or 1
+    every = "a snapshot per step" if interval == 1 else f"a snapshot every {interval} steps"
+    stage(f"1. trajectory run: plain SFT for {sft_steps} steps, {every} -> {sft_dir}")
     if _finished(sft_dir, sft_steps):
         console.print("done already")
     else:
         launch_recipe("t3s_nemo.recipes.train", ["--mode", "sft", *base_args, f"run_dir={sft_dir}",
                                                  f"train.steps={sft_steps}", "checkpoint.snapshot_step0=true",
-                                                 f"checkpoint.snapshot_interval={cfg.checkpoint.snapshot_interval or 1}"],
+                                                 f"checkpoint.snapshot_interval={interval}"],
                       nproc)
     data = load_config(sft_dir / "config.yaml").data.path  # packed on first use when data.path was empty
 
-    stage("2. bottleneck: sample and verify the training prompts at every snapshot")
+    at = "every snapshot" if cfg.bottleneck.every == 1 else f"one snapshot in {cfg.bottleneck.every}"
+    stage(f"2. bottleneck: sample and verify the training prompts at {at}")
     bottleneck = run_bottleneck(sft_dir, [], force=cfg.bottleneck.force if force is None else force)
     console.print(f"theta_b = step {bottleneck['bottleneck_step']}")
 

@@ -45,11 +45,15 @@ def test_cli_export_refuses_an_incomplete_checkpoint(tmp_path):
     from procs import env
 
     (tmp_path / "ckpt").mkdir()
-    p = subprocess.run([*t3s(), "export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")], env=env(),
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert p.returncode == 1
-    assert "incomplete checkpoint" in p.stderr and "Traceback" not in p.stderr
-    assert not (tmp_path / "hf").exists()
+    (tmp_path / "ckpt" / ".metadata").write_bytes(b"")  # DCP files were written, the marker never was
+    (tmp_path / "run" / "snapshots").mkdir(parents=True)
+    for src, message in ((tmp_path / "ckpt", "incomplete checkpoint (no t3s.json; its save was interrupted)"),
+                         (tmp_path / "run", "not a t3s checkpoint (no t3s.json); this looks like a run directory")):
+        p = subprocess.run([*t3s(), "export", str(src), "--out", str(tmp_path / "hf")], env=env(),
+                           capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert p.returncode == 1
+        assert message in p.stderr and "Traceback" not in p.stderr
+        assert not (tmp_path / "hf").exists()
 
 
 def test_sft_starts_from_a_hugging_face_directory(tiny_data, tmp_path):

@@ -176,15 +176,37 @@ def test_add_channel_succeeds_and_stays_aligned(runs, tmp_path, monkeypatch, cap
          "{packed}: output directory exists (pass --overwrite to replace it)"),
         (("data", "pack", "-i", "{src}", "--tokenizer", "{tokenizer}", "--seq-length", "512", "-o", "{root}/x",
           "--on-overflow", "skip"), "--on-overflow 'skip': expected error, drop or truncate"),
+        (("data", "pack", "-i", "{src}", "--tokenizer", "{tokenizer}", "--seq-length", "512", "-o", "{root}/x",
+          "--template", "foo"), "--template 'foo': expected auto, chat or plain"),
+        # --overwrite never deletes what the command reads
+        (("data", "pack", "-i", "{src}", "--tokenizer", "{tokenizer}", "--seq-length", "512", "-o", "{src}",
+          "--overwrite"), "{src}: output is the input {src}; replacing it would delete the input. Write to another "
+                          "directory"),
+        (("data", "pack", "-i", "{src}", "--tokenizer", "{tokenizer}", "--seq-length", "512", "-o", "{root}",
+          "--overwrite"), "{root}: output contains the input {src}; replacing it would delete the input. Write to "
+                          "another directory"),
+        (("export", "{packed}", "--out", "{packed}", "--overwrite"),
+         "{packed}: output is the input {packed}; replacing it would delete the input. Write to another directory"),
+        (("export", "{packed}", "--out", "{root}/x", "--dtype", "fp16"), "--dtype fp16: expected auto, bf16 or fp32"),
+        (("export", "{packed}", "--out", "{root}/x"), "{packed}: not a t3s checkpoint (no t3s.json)"),
+        (("plan", "{root}"), "{root}: is a directory; give a config file (e.g. {root}/sft.yaml)"),
+        (("demo", "--out", "{packed}", "--overwrite"),
+         "--out {packed}: a non-empty directory that is not a demo run; choose another --out"),
+        (("demo", "--out", "{root}/x", "--student", "{root}/nope"),
+         "--student {root}/nope: not a Hugging Face model directory (no config.json)"),
+        (("eval", "compare", "{packed}/meta.json"),
+         "{packed}/meta.json: not a `t3s eval` results.json (expected 'benchmarks' and 'overall')"),
     ],
 )
 def test_cli_errors_in_process(runs, monkeypatch, capsys, args, expected):
     ctx = runs[1]
     fmt = {k: ctx[k] for k in ("root", "packed", "src", "tokenizer")}
+    before = tree(ctx["packed"])
     code, out, err = run_main(monkeypatch, capsys, *(a.format(**fmt) for a in args))
     assert code == 1
     assert err.splitlines() == [f"error: {expected.format(**fmt)}"]
     assert not (ctx["root"] / "x").exists()
+    assert Path(ctx["src"]).is_file() and tree(ctx["packed"]) == before  # the inputs are untouched
 
 
 def test_cli_usage_error_exits_2_without_traceback(monkeypatch, capsys):

@@ -49,3 +49,34 @@ def test_checkpoint_write_queue_survives_slurm_signals():
     assert ok.returncode == 0 and "QUEUE written" in ok.stdout, ok.stderr[-2000:]
     unprotected = run("unprotected")  # the failure the protection exists for, so this test means something
     assert unprotected.returncode != 0 and "QUEUE written" not in unprotected.stdout
+
+
+ORPHAN_CHECK = r"""
+import os, sys, time
+import psutil
+from t3s_nemo.checkpoint.manager import start_write_queue
+start_write_queue()
+print("MANAGER", psutil.Process().children()[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_checkpoint_write_queue_ends_with_its_process():
+    """The Manager ignores SIGTERM, so it must not outlive a training process killed outright: it exits
+    once its parent is gone (a killed `t3s demo` left one behind that only kill -9 removed)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    p = subprocess.Popen([sys.executable, "-c", ORPHAN_CHECK], stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("MANAGER"), line
+        manager = psutil.Process(int(line.split()[1]))
+        p.kill()
+        p.wait(timeout=30)
+        manager.wait(timeout=15)  # psutil.TimeoutExpired if it is still there
+    finally:
+        p.kill()
+    assert not manager.is_running()
