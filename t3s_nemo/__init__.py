@@ -15,6 +15,12 @@ warnings.filterwarnings("ignore", message=r".*is deprecated.*HybridModel.*")
 warnings.filterwarnings("ignore", message=r".*\.grad attribute of a Tensor that is not a leaf.*")
 warnings.filterwarnings("ignore", message=r".*torch.distributed.(reduce_scatter_tensor|all_gather_into_tensor). is deprecated.*")
 warnings.filterwarnings("ignore", message=r".*(Apex is not installed|MimoModelConfig is experimental|full scope is deprecated).*")
+# torch.distributed.checkpoint says so whenever it reads a checkpoint in one process without a process
+# group (snapshot export, RRT, consolidation do that on purpose), and megatron-core's sharded tensors
+# still go through torch's ShardedTensor; neither is anything a user can act on.
+warnings.filterwarnings("ignore", message=r".*torch.distributed is disabled, unavailable or uninitialized.*")
+warnings.filterwarnings("ignore", message=r".*The argument order of load has been changed.*")
+warnings.filterwarnings("ignore", message=r".*deprecating ShardedTensor.*")
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 

@@ -84,8 +84,9 @@ def data_inspect(
         typer.echo(json.dumps(s, indent=2))
         return
     out = console.__class__(highlight=False)  # stdout
+    shown = render_example(ds, example, mark, plain=out.color_system is None)  # errors before any output
     out.print(summary_table(s))
-    out.print(render_example(ds, example, mark))
+    out.print(shown)
 
 
 @data_app.command("add-channel")

@@ -67,8 +67,12 @@ def summary_table(s: dict) -> Table:
     return t
 
 
-def render_example(ds: PackedDataset, which: Optional[str], mark: Optional[str]) -> Text:
-    """Decoded tokens: prompt dim, trained response tokens plain, tokens masked out by `mark` struck red."""
+def render_example(ds: PackedDataset, which: Optional[str], mark: Optional[str], plain: bool = False) -> Text:
+    """Decoded tokens: prompt dim, trained response tokens plain, tokens masked out by `mark` struck red.
+
+    plain (output that is not a colour terminal, e.g. piped to less): the prompt is wrapped in
+    <<prompt: ...>> and each run of masked-out tokens in [- ... -], since the styles would not show.
+    """
     from t3s_nemo.data.tokenizer import load_tokenizer
 
     if which is None:
@@ -89,6 +93,9 @@ def render_example(ds: PackedDataset, which: Optional[str], mark: Optional[str])
     extra = ds.read_example(i, mark) if mark != "loss_mask" else None
     text = Text()
     text.append(f"example {i} id={ds.ids[i]} answer={ds.answers[i]!r} ({len(tokens)} tokens)\n", style="bold")
+    opening = {"dim": "<<prompt: ", "red strike": "[-"}
+    closing = {"dim": ">>", "red strike": "-]"}
+    previous = ""
     for t, (tid, lm) in enumerate(zip(tokens, loss)):
         piece = tok.decode([int(tid)])
         if not lm:
@@ -97,9 +104,14 @@ def render_example(ds: PackedDataset, which: Optional[str], mark: Optional[str])
             style = "red strike"
         else:
             style = ""
+        if plain and style != previous:
+            text.append(closing.get(previous, "") + opening.get(style, ""))
         text.append(piece, style=style)
-    legend = "dim = prompt (no loss)"
+        previous = style
+    if plain:
+        text.append(closing.get(previous, ""))
+    legend = "<<prompt: ...>> = prompt (no loss)" if plain else "dim = prompt (no loss)"
     if extra is not None:
-        legend += f", red struck = masked out by channel '{mark}'"
+        legend += f", {'[- ... -]' if plain else 'red struck'} = masked out by channel '{mark}'"
     text.append(f"\n[{legend}]", style="italic")
     return text

@@ -224,6 +224,9 @@ def test_inspect_decodes_an_example(runs, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"example 3 id={ds.ids[3]} answer={ds.answers[3]!r} ({int(ds.sequence_lengths[3])} tokens)" in out
     assert f"{ds.num_examples:,} / {ds.num_bins:,}" in out
+    # captured, not a colour terminal: the prompt is marked in text, since dim would not show
+    prompt = out.split("<<prompt: ", 1)[1].split(">>", 1)[0]
+    assert prompt.rstrip().endswith("<|im_start|>assistant")
 
 
 def test_error_text_is_printed_verbatim(tmp_path, monkeypatch, capsys):
