@@ -42,7 +42,7 @@ def data_pack(
     response_field: Annotated[str, typer.Option(help="Field holding the teacher response.")] = "response",
     answer_field: Annotated[str, typer.Option(help="Field holding the gold answer ('' if the data has none).")] = "answer",
     messages_field: Annotated[str, typer.Option(help="Field holding a chat `messages` list (used instead of prompt/response when present).")] = "messages",
-    id_field: Annotated[str, typer.Option(help="Field holding a unique example id (default: position in the input).")] = "id",
+    id_field: Annotated[str, typer.Option(help="Field holding a unique example id (records without it are numbered by position).")] = "id",
     system_prompt: Annotated[str, typer.Option(help="System message prepended in chat format.")] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ):
@@ -279,8 +279,10 @@ def mask(
     r = build_mask(PackedDataset(data), rule, name, seed, tau=tau)
     what = (f"{r['target_fraction']:.1%} of {r['response_tokens']:,} response tokens are targets (always noised)"
             if rule == "dllm" else f"{r['masked_fraction']:.1%} of {r['response_tokens']:,} response tokens masked")
-    console.print(f"{r['channel']}: rule {rule}, {what}; top anchors: "
-                  + ", ".join(repr(t["token"]) for t in r["top_anchor_tokens"][:10]))
+    # the dLLM's targets are the yet-to-learn tokens (delta < -tau), not the anchors
+    key, label = (("top_yet_to_learn_tokens", "top yet-to-learn tokens") if rule == "dllm"
+                  else ("top_anchor_tokens", "top anchors"))
+    console.print(f"{r['channel']}: rule {rule}, {what}; {label}: " + ", ".join(repr(t["token"]) for t in r[key][:10]))
     console.print(f"report: {Path(data) / 'masks' / (r['channel'] + '.html')}")
 
 

@@ -26,6 +26,8 @@ def _run_data(run: Path) -> Path:
 def _snapshots(run: Path) -> list[tuple[int, Path]]:
     from t3s_nemo.checkpoint.manager import step_dirs
 
+    if not Path(run).is_dir():
+        raise T3SError(f"{run}: run directory not found")
     snaps = step_dirs(run / "snapshots")
     if not snaps:
         raise T3SError(f"{run}/snapshots: no complete snapshots (a trajectory run with checkpoint.snapshot_interval)")

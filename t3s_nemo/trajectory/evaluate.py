@@ -60,7 +60,8 @@ def read_benchmark(path: Path, problem_field: str, answer_field: str) -> list[di
                 raise T3SError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
             for field in (problem_field, answer_field):
                 if not isinstance(obj, dict) or obj.get(field) in (None, ""):
-                    raise T3SError(f"{path}:{lineno}: missing or empty field '{field}'")
+                    flag = "--problem-field" if field == problem_field else "--answer-field"
+                    raise T3SError(f"{path}:{lineno}: missing or empty field '{field}' (another name: {flag})")
             items.append({"id": str(obj.get("id", lineno)), "problem": str(obj[problem_field]),
                           "answer": str(obj[answer_field])})
     if not items:

@@ -35,6 +35,8 @@ def profile_run(run_dir: Path, nproc: int = 1, overrides: Optional[list[str]] = 
     from t3s_nemo.cli import launch_recipe
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise T3SError(f"{run_dir}: run directory not found")
     cfg = load_config(run_dir / "config.yaml", overrides)
     base, bottleneck = selectors(run_dir, cfg)
     out = run_dir / "profile"
