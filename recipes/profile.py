@@ -89,8 +89,7 @@ def main(argv=None) -> None:
     mine = list(range(dp_rank, len(bins), dp))
     mbs = a.micro_batch_size
     batches = [collate([bins[b] for b in mine[i : i + mbs]]) for i in range(0, len(mine), mbs)]
-    writer = (ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
-              and ps.get_context_parallel_rank() == 0)
+    writer = ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
     out_dir = Path(a.out)
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

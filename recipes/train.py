@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     # statistics (TP ranks duplicate them; CP ranks each hold a share of every micro-batch's tokens)
     reporter = ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
     cp, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+    # examples padded so that each CP rank's tokens also split over TP ranks under sequence parallelism
+    cp_multiple = 2 * cp * (cfg.parallel.tp if bundle.tconfig.sequence_parallel else 1)
     nmb = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
     flops_tok = flops_per_token(bundle.shape, bundle.vocab_size, packed.seq_length)
     peak = peak_flops()
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         if cp > 1:  # each CP rank keeps its share of every example (noise drawn first, per example)
             if dllm:
                 dtrain.add_noise(batches, cfg.model.mask_token_id, cfg.model.noise_eps)
-            batches = [split_for_context_parallel(b, cp, cp_rank) for b in batches]
+            batches = [split_for_context_parallel(b, cp, cp_rank, cp_multiple) for b in batches]
         if moe:  # aux-loss gradient scale = the step's loss tokens / positions, over all DP replicas
             counts = torch.tensor(tmoe.step_token_counts(batches, dllm), dtype=torch.float64)
             dist.all_reduce(counts, group=ps.get_data_parallel_group())

@@ -64,10 +64,10 @@ def check_replaceable(output: str | Path, inputs: Iterable = (), overwrite: bool
         if out == p or out in p.parents:
             raise T3SError(f"{output}: output {'is' if out == p else 'contains'} the input {i}; replacing it "
                            "would delete the input. Write to another directory")
-    if output.exists() and not overwrite:
-        raise T3SError(f"{output}: output directory exists (pass --overwrite to replace it)")
     if output.exists() and not output.is_dir():
         raise T3SError(f"{output}: output exists and is not a directory; refusing to replace it")
+    if output.exists() and not overwrite:
+        raise T3SError(f"{output}: output directory exists (pass --overwrite to replace it)")
 
 
 @contextlib.contextmanager

@@ -38,9 +38,10 @@ def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise T3SError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.yaml").is_file():
-        # an earlier demo (or pipeline) run starts with config.yaml; anything else is someone's data,
-        # which --overwrite must not delete either
+    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if entries and not (out / "config.yaml").is_file() and entries != {"student"}:
+        # an earlier demo (or pipeline) run starts with config.yaml, or with student/ when stage 0 was
+        # interrupted; anything else is someone's data, which --overwrite must not delete either
         raise T3SError(f"--out {out}: a non-empty directory that is not a demo run; choose another --out")
     if student is not None and not rebuild_student and not (Path(student) / "config.json").is_file():
         raise T3SError(f"--student {student}: not a Hugging Face model directory (no config.json)")

@@ -60,11 +60,15 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], *, seeds: Sequence[int
         raise ValueError(f"gen_length {gen_length} is not a multiple of block_length {block_length}")
     if len(seeds) != len(prompts) or not prompts or not all(len(p) for p in prompts):
         raise ValueError("sample_batch needs one seed per prompt and non-empty prompts")
+    from t3s_nemo.training.loss import has_te_layers
+
     if thd is None:
-        thd = _takes_only_thd(model)
+        thd = has_te_layers(model)
     device = next(model.parameters()).device
     lengths = [len(p) for p in prompts]
     width = max(lengths)  # the answers start at column `width` of the left-padded rows
+    if not thd:  # sequence parallelism splits the rows' length over the TP ranks: pad it to a multiple
+        width += -(width + gen_length) % _sp_multiple(model)
     x = torch.full((len(prompts), width + gen_length), mask_token_id, dtype=torch.long, device=device)
     for r, p in enumerate(prompts):
         x[r, width - len(p): width] = torch.as_tensor(list(p), dtype=torch.long, device=device)
@@ -80,7 +84,7 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], *, seeds: Sequence[int
             logits = logits[..., :vocab_size].float()
             if mask_token_id < vocab_size:
                 logits[..., mask_token_id] = float("-inf")
-            if temperature > 0:  # Gumbel-max, row by row from each row's generator (no [rows, block, V] noise)
+            if temperature > 0:  # Gumbel-max; each row's noise from its own generator, added row by row
                 scores = logits / temperature
                 for j, r in enumerate(active):
                     u = torch.rand(scores.shape[1:], generator=gens[r], device=device)
@@ -127,8 +131,11 @@ def _block_logits(model, x: torch.Tensor, lengths: list[int], width: int, b0: in
 
         starts = [width - n for n in lengths]
         seqs = [x[r, a:] for r, a in enumerate(starts)]
+        extra = -sum(len(q) for q in seqs) % _sp_multiple(model)
+        if extra:  # sequence parallelism: one more (ignored) sequence makes the total split over TP ranks
+            seqs.append(x.new_zeros(extra))
         sizes = torch.as_tensor([len(q) for q in seqs], device=device)
-        cu = torch.zeros(rows + 1, dtype=torch.int32, device=device)
+        cu = torch.zeros(len(seqs) + 1, dtype=torch.int32, device=device)
         cu[1:] = sizes.cumsum(0)
         ids = torch.cat(seqs).unsqueeze(0)
         pos = torch.cat([torch.arange(len(q), device=device) for q in seqs]).unsqueeze(0)
@@ -160,12 +167,6 @@ def _block_logits(model, x: torch.Tensor, lengths: list[int], width: int, b0: in
     return out.reshape(rows, block_length, -1)
 
 
-def _takes_only_thd(model) -> bool:
-    """Transformer Engine layers: packed input goes in as THD (SDPAttention takes either)."""
-    from t3s_nemo.devices import te_available
-
-    if not te_available():
-        return False
-    import transformer_engine.pytorch as te
-
-    return any(isinstance(m, te.module.base.TransformerEngineBaseModule) for m in model.modules())
+def _sp_multiple(model) -> int:
+    """The TP size when the model runs with sequence parallelism (its sequence splits over TP ranks), else 1."""
+    return model.config.tensor_model_parallel_size if model.config.sequence_parallel else 1

@@ -81,8 +81,11 @@ class SDPAttention(MegatronModule):
             v = v.repeat_interleave(rep, dim=1)
         sq, sk = q.shape[-2], k.shape[-2]
         if causal and mask is None and sq > 1 and sq != sk:
-            # queries are the last sq positions (a KV cache): torch's is_causal aligns top-left
-            mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+            # queries are the last sq positions (a KV cache, a context-parallel chunk): torch's is_causal
+            # aligns top-left; this bias aligns bottom-right and, on GPU, runs in the flash/efficient kernels
+            from torch.nn.attention.bias import causal_lower_right
+
+            mask = causal_lower_right(sq, sk)
             causal = False
         dropout = self.dropout_p if self.training else 0.0
         # dropout draws from megatron's model-parallel RNG, as DotProductAttention's does
@@ -139,12 +142,17 @@ class SDPAttention(MegatronModule):
 
         Why all-gather rather than Transformer Engine's ring: one collective per layer and plain SDPA
         calls; each rank holds every example's K and V (2 x groups x dim per token), as Llama 3's context
-        parallelism does. Positions at or past an example's real length are never attended to.
+        parallelism does. No mask is built: query chunk j (positions jc..(j+1)c-1) attends, causally, to
+        the keys before its end with bottom-right alignment, or, bidirectionally, to the example's real
+        keys (its padding comes after them, so causal real queries never reach it either).
         """
         from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
         cp, rank = self.cp, self.cp_group.rank()
         t = query.shape[0]
+        if t != padded[-1] // cp or any((b - a) % (2 * cp) for a, b in zip(padded[:-1], padded[1:])):
+            raise ValueError(f"SDPAttention: context parallelism needs every example padded to a multiple of "
+                             f"2 x cp = {2 * cp} tokens (cu_seqlens_padded; t3s_nemo/training/context_parallel.py)")
         k_all = gather_from_sequence_parallel_region(key, group=self.cp_group).view(cp, t, *key.shape[1:])
         v_all = gather_from_sequence_parallel_region(value, group=self.cp_group).view(cp, t, *value.shape[1:])
         outs = []
@@ -155,17 +163,12 @@ class SDPAttention(MegatronModule):
             order = [(r, 0) for r in range(cp)] + [(r, 1) for r in reversed(range(cp))]
             k = torch.cat([k_all[r, lo + h * c: lo + (h + 1) * c] for r, h in order])
             v = torch.cat([v_all[r, lo + h * c: lo + (h + 1) * c] for r, h in order])
-            q = query[lo: lo + 2 * c]
-            device = query.device
-            q_pos = torch.cat([torch.arange(j * c, (j + 1) * c, device=device) for j in (rank, 2 * cp - 1 - rank)])
-            k_pos = torch.arange(2 * cp * c, device=device)
-            allowed = (k_pos < real[i + 1] - real[i]).unsqueeze(0).expand(2 * c, -1)
-            if causal:
-                allowed = allowed & (q_pos.unsqueeze(1) >= k_pos.unsqueeze(0))
-            # a padding query past an example's keys (bidirectional) would have none: megatron's uniform row
-            allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
-            out = self._sdpa(*(x.permute(1, 0, 2).unsqueeze(0) for x in (q, k, v)), allowed, False)
-            outs.append(out[0].permute(1, 0, 2))
+            n = real[i + 1] - real[i]
+            for half, j in enumerate((rank, 2 * cp - 1 - rank)):
+                q = query[lo + half * c: lo + (half + 1) * c]
+                end = (j + 1) * c if causal else n  # keys this chunk may see
+                out = self._sdpa(*(x.permute(1, 0, 2).unsqueeze(0) for x in (q, k[:end], v[:end])), None, causal)
+                outs.append(out[0].permute(1, 0, 2))
         out = torch.cat(outs, dim=0) if outs else query.new_zeros(query.shape)
         return out.reshape(out.shape[0], -1)
 

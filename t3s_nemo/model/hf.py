@@ -162,6 +162,7 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
         raise T3SError(f"--dtype {dtype}: expected auto, bf16 or fp32")
     check_replaceable(out, [ckpt, tokenizer], overwrite)
     early = W.read_marker(ckpt)
+    check_replaceable(out, [ckpt, tokenizer or early.get("tokenizer")], overwrite)
     if (early.get("shape") or {}).get("num_experts", 0):
         raise T3SError(f"{ckpt}: an MoE ({early.get('preset')}) checkpoint; Hugging Face export covers dense Qwen3 only")
     # torch.distributed.checkpoint reads the shards on the host, in this process (no megatron, no GPU), so

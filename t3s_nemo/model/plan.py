@@ -180,7 +180,7 @@ def table(rows: list[RankMemory], gpu_gib: float):
                 "total", "fits"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(str(r.tp), str(r.pp), str(r.cp), str(r.dp), f"{r.seq_length // 1024}k", count(r.params),
+        t.add_row(str(r.tp), str(r.pp), str(r.cp), str(r.dp), (f"{r.seq_length // 1024}k" if r.seq_length % 1024 == 0 else str(r.seq_length)), count(r.params),
                   *(f"{x / GiB:.1f}" for x in (r.weights, r.grads, r.optimizer, r.activations, r.logits, r.total)),
                   "yes" if r.total < gpu_gib * GiB * 0.9 else "[red]no[/]")
     return t

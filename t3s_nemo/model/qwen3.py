@@ -247,7 +247,8 @@ def transformer_config(shape: Shape, parallel, *, dtype: torch.dtype, use_cpu_in
         variable_seq_lengths=parallel.cp > 1 and parallel.pp > 1,
         # (a dense model has no token dispatcher, but megatron's check for one refuses the default
         # "allgather" with variable lengths; MoE presets are refused with cp > 1)
-        **({"moe_token_dispatcher_type": "alltoall"} if parallel.cp > 1 and not shape.is_moe else {}),
+        **({"moe_token_dispatcher_type": "alltoall"} if parallel.cp > 1 and parallel.pp > 1 and not shape.is_moe
+           else {}),
         sequence_parallel=parallel.sequence_parallel and parallel.tp > 1,
         use_cpu_initialization=use_cpu_init,
         calculate_per_token_loss=True,  # the T3S hook normalises by the global weighted-token count

@@ -20,18 +20,24 @@ import torch
 _FILL = {"segment_ids": -1, "example_ids": -1}
 
 
-def split_for_context_parallel(batch: dict[str, torch.Tensor], cp: int, rank: int) -> dict[str, torch.Tensor]:
+def split_for_context_parallel(batch: dict[str, torch.Tensor], cp: int, rank: int,
+                               multiple: int = 0) -> dict[str, torch.Tensor]:
     """This CP rank's share of a collated micro-batch (t3s_nemo.data.dataset.collate).
 
     Per-token fields ([b, s]) become [1, t] with t = (sum of the padded example lengths) / cp; other
-    fields are kept as they are. position_ids count within each padded example.
+    fields are kept as they are. position_ids count within each padded example. multiple: what each
+    example is padded to, a multiple of 2 x cp (default); with sequence parallelism 2 x cp x tp, so that
+    every rank's tokens also split over the TP ranks (megatron-core pads the same way).
     """
+    multiple = multiple or 2 * cp
+    if multiple % (2 * cp):
+        raise ValueError(f"multiple {multiple} is not a multiple of 2 x cp = {2 * cp}")
     if cp == 1:
         return batch
     b, s = batch["tokens"].shape
     cu = batch["cu_seqlens"].tolist()
     lengths = [e - a for a, e in zip(cu[:-1], cu[1:])]
-    padded = [-(-n // (2 * cp)) * (2 * cp) for n in lengths]
+    padded = [-(-n // multiple) * multiple for n in lengths]
     src, pos = [], []  # per local token: its flat index in the micro-batch (-1: padding), its position
     for start, n, p in zip(cu[:-1], lengths, padded):
         c = p // (2 * cp)

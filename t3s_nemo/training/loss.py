@@ -105,12 +105,17 @@ def t3s_forward_step(data_iterator: Iterator[dict], model, thd: Optional[bool] =
 
 def model_takes_thd(model) -> bool:
     """Whether a model takes packed examples as THD + cu_seqlens: Transformer Engine or SDPAttention layers."""
-    from t3s_nemo.devices import te_available
     from t3s_nemo.model.attention import SDPAttention
 
-    kinds = (SDPAttention,)
-    if te_available():
-        import transformer_engine.pytorch as te
+    return has_te_layers(model) or any(isinstance(m, SDPAttention) for m in model.modules())
 
-        kinds += (te.module.base.TransformerEngineBaseModule,)
-    return any(isinstance(m, kinds) for m in model.modules())
+
+def has_te_layers(model) -> bool:
+    """Whether a model is built from Transformer Engine layers (which take THD, not an arbitrary mask)."""
+    from t3s_nemo.devices import te_available
+
+    if not te_available():
+        return False
+    import transformer_engine.pytorch as te
+
+    return any(isinstance(m, te.module.base.TransformerEngineBaseModule) for m in model.modules())

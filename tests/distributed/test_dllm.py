@@ -99,6 +99,8 @@ def test_batched_sampler_gives_each_row_its_answer_alone(checks):
     for t in ("0", "1"):
         assert r[f"batch_equal_t{t}_thd0"] and r[f"batch_equal_t{t}_thd1"]
         assert r[f"batch_rows_differ_t{t}"]
+    # the block's logits in a batch are each row's own full forward pass's logits at those positions
+    assert r["block_logits_max_diff_thd0"] < 1e-4 and r["block_logits_max_diff_thd1"] < 1e-4
 
 
 def test_batched_sampler_stops_rows_at_eos(checks):

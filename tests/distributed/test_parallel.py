@@ -57,7 +57,8 @@ def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
         # whose gradient is near zero carry summation-order noise into the weights: CP=2 (K/V gradients
         # reduce-scattered over ranks) leaves 3 of 32,768 embedding elements 1-2.3e-5 apart, all else < 4e-6,
         # against moves of up to 9e-3 over the 3 steps
-        torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=5e-5, msg=k)
+        atol = 5e-5 if "parallel.cp=2" in layout else 1e-5
+        torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=atol, msg=k)
     if layout:  # export straight from the TP=2 / PP=2 / CP=2 snapshot: transformers loads it, same logits
         from transformers import AutoModelForCausalLM
 

@@ -79,6 +79,27 @@ def main() -> None:
             out[f"batch_equal_t{temperature:g}_thd{int(thd)}"] = [s.tokens for s in got] == alone
         out[f"batch_rows_differ_t{temperature:g}"] = len({tuple(t) for t in alone}) == len(alone)
 
+    # the batched logits of a block against each row's own full forward pass (the old one-row sampler's):
+    # a wrong block offset, slice or reshape would be wrong for one row too, so sampling alone cannot tell
+    from t3s_nemo.dllm.sampler import _block_logits
+
+    lengths = [len(q) for q in prompts]
+    width = max(lengths)
+    x = torch.full((len(prompts), width + 16), mask_id, dtype=torch.long)
+    for r, q in enumerate(prompts):
+        x[r, width - len(q): width] = torch.as_tensor(q)
+    for thd in (False, True):
+        with torch.no_grad():
+            got = _block_logits(model, x, lengths, width, width + 8, 8, thd)
+        worst = 0.0
+        for r, n in enumerate(lengths):
+            ids = x[r:r + 1, width - n:]
+            s = ids.shape[1]
+            with torch.no_grad():
+                full = model(ids, torch.arange(s).unsqueeze(0), torch.zeros(1, 1, s, s, dtype=torch.bool))
+            worst = max(worst, float((got[r] - full[0, n + 8: n + 16]).abs().max()))
+        out[f"block_logits_max_diff_thd{int(thd)}"] = worst
+
     # a row whose EOS lands in a finished block leaves the batch: forward passes are counted
     calls = []
     hook = model.register_forward_hook(lambda m, a, o: calls.append(1))
