@@ -142,6 +142,12 @@ def test_malformed_override_and_yaml(yaml_file):
     path = yaml_file("- a\n- b\n")
     assert error(path) == f"{path}: expected a mapping of config keys at the top level"
     assert error(path.with_name("missing.yaml")) == f"{path.with_name('missing.yaml')}: config file not found"
+    # PyYAML keeps the last of two equal keys: a second train: block would silently drop the first's keys
+    path = yaml_file("train:\n  steps: 3\nmodel:\n  preset: tiny\ntrain:\n  lr: 1.0e-3\n")
+    assert error(path) == f"{path}:5: invalid YAML: duplicate key 'train'"
+    path = yaml_file("train:\n  steps: 3\n  steps: 4\n")
+    assert error(path) == f"{path}:3: invalid YAML: duplicate key 'steps'"
+    assert error(path.parent) == f"{path.parent}: is a directory; give a config file (e.g. {path.parent}/sft.yaml)"
 
 
 # ---- semantic checks -----------------------------------------------------------------------------
