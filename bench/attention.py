@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_data import demo_packed  # noqa: E402
 from machine import machine_info  # noqa: E402
 
+from t3s_nemo.io import atomic_write_json  # noqa: E402
+
 
 def child(spec: str, preset: str, seq_length: int, steps: int) -> dict:
     from t3s_nemo.config import Config  # first: it quiets megatron-core's import-time warnings
@@ -106,11 +108,7 @@ def main() -> None:
         print(json.dumps({k: row[k] for k in ("seq_length", "sdpa_over_local_step", "sdpa_over_local_memory")}))
     result = {"benchmark": "attention", "preset": a.preset, "steps": a.steps, "by_seq_length": rows,
               "machine": machine_info()}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_json(a.out, result)  # the result file appears whole or not at all
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
 
+from t3s_nemo.io import atomic_write_json  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -104,9 +106,7 @@ def main() -> None:
         "steps_measured": len(times["none"]),
         "machine": machine_info(),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(a.out, result)  # the result file appears whole or not at all
     print(json.dumps({k: result[k] for k in ("save_load", "median_step_s", "median_checkpoint_wait_s", "sync_blocking",
                                              "async_blocking", "sync_stall", "async_stall")}, indent=2))
 

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_data import demo_packed  # noqa: E402
 from machine import machine_info  # noqa: E402
 
+from t3s_nemo.io import atomic_write_json  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,11 +92,7 @@ def main() -> None:
         "machine": machine_info(),
     }
     print(json.dumps({k: result[k] for k in ("tokens_per_s", "batched_over_alone", "same_answers")}))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_json(a.out, result)  # the result file appears whole or not at all
 
 
 if __name__ == "__main__":
