@@ -119,45 +119,45 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], *, seeds: Sequence[int
 def _block_logits(model, x: torch.Tensor, lengths: list[int], width: int, b0: int, block_length: int,
                   thd: bool) -> torch.Tensor:
     """Logits [rows, block_length, V] (gathered over TP ranks) at columns b0.. of the left-padded rows x
-    of a bidirectional GPTModel; row r's prompt is its last lengths[r] columns before `width`."""
+    of a bidirectional GPTModel; row r's prompt is its last lengths[r] columns before `width`.
+
+    The rows go in as a packed micro-batch does in dLLM training (`training.model_inputs`): left-padded
+    under a mask that keeps the padding out of the rows' attention, or (THD) without their padding,
+    one sequence per row in cu_seqlens.
+    """
     from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
-    from t3s_nemo.dllm.training import bidirectional_mask
+    from t3s_nemo.dllm.training import model_inputs
 
     rows, s = x.shape
     device = x.device
+    starts = [width - n for n in lengths]
     if thd:
-        from megatron.core.packed_seq_params import PackedSeqParams
-
-        starts = [width - n for n in lengths]
         seqs = [x[r, a:] for r, a in enumerate(starts)]
         extra = -sum(len(q) for q in seqs) % _sp_multiple(model)
         if extra:  # sequence parallelism: one more (ignored) sequence makes the total split over TP ranks
             seqs.append(x.new_zeros(extra))
-        sizes = torch.as_tensor([len(q) for q in seqs], device=device)
-        cu = torch.zeros(len(seqs) + 1, dtype=torch.int32, device=device)
-        cu[1:] = sizes.cumsum(0)
+        cu = torch.tensor([0] + [len(q) for q in seqs], device=device).cumsum(0)
         ids = torch.cat(seqs).unsqueeze(0)
-        pos = torch.cat([torch.arange(len(q), device=device) for q in seqs]).unsqueeze(0)
-        # row r's block starts (b0 - starts[r]) tokens into its packed sequence
-        at = torch.cat([cu[r] + (b0 - a) + torch.arange(block_length, device=device) for r, a in enumerate(starts)])
-        kw = dict(attention_mask=None, packed_seq_params=PackedSeqParams(
-            qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=int(sizes.max()),
-            max_seqlen_kv=int(sizes.max())))
+        batch = {"tokens": ids, "labels": ids, "cu_seqlens": cu,
+                 "position_ids": torch.cat([torch.arange(len(q), device=device) for q in seqs]).unsqueeze(0)}
+        # the block's positions in the decoder's output [total, 1, h]: b0 - starts[r] into row r's sequence
+        at = torch.cat([cu[r] + b0 - a + torch.arange(block_length, device=device) for r, a in enumerate(starts)])
     else:
         ids = x
         cols = torch.arange(s, device=device)
-        segment = torch.where(cols.unsqueeze(0) >= (width - torch.as_tensor(lengths, device=device)).unsqueeze(1),
-                              0, -1)  # -1: left padding, which attends only within the padding
-        pos = (cols.unsqueeze(0) - (width - torch.as_tensor(lengths, device=device)).unsqueeze(1)).clamp(min=0)
-        at = b0 + torch.arange(block_length, device=device)
-        kw = dict(attention_mask=bidirectional_mask(segment))
+        first = torch.as_tensor(starts, device=device).unsqueeze(1)
+        batch = {"tokens": x, "labels": x, "position_ids": (cols - first).clamp(min=0),
+                 "segment_ids": torch.where(cols >= first, 0, -1)}  # -1: the padding attends only to itself
+        at = b0 + torch.arange(block_length, device=device)  # in the decoder's output [s, rows, h]
+    kw = model_inputs(batch, ids, thd)
+    del kw["labels"]  # logits, not a loss
     # only the block's hidden states reach the output layer; with sequence parallelism the decoder's
     # output is split over the sequence, so the logits are taken in full and sliced after
     sliced = not model.config.sequence_parallel
     hook = model.decoder.register_forward_hook(lambda m, a, out: out.index_select(0, at)) if sliced else None
     try:
-        out = model(ids, pos, **kw)
+        out = model(**kw)
     finally:
         if hook is not None:
             hook.remove()
