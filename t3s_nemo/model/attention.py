@@ -155,12 +155,12 @@ class SDPAttention(MegatronModule):
                              f"2 x cp = {2 * cp} tokens (cu_seqlens_padded; t3s_nemo/training/context_parallel.py)")
         k_all = gather_from_sequence_parallel_region(key, group=self.cp_group).view(cp, t, *key.shape[1:])
         v_all = gather_from_sequence_parallel_region(value, group=self.cp_group).view(cp, t, *value.shape[1:])
+        # an example's chunks in order: the first halves of ranks 0..cp-1, then the second halves of cp-1..0
+        order = [(r, 0) for r in range(cp)] + [(r, 1) for r in reversed(range(cp))]
         outs = []
         for i in range(len(padded) - 1):
             c = (padded[i + 1] - padded[i]) // (2 * cp)
             lo = padded[i] // cp  # where example i starts in every rank's local tokens
-            # the whole example: first chunks from ranks 0..cp-1, then the second chunks from cp-1..0
-            order = [(r, 0) for r in range(cp)] + [(r, 1) for r in reversed(range(cp))]
             k = torch.cat([k_all[r, lo + h * c: lo + (h + 1) * c] for r, h in order])
             v = torch.cat([v_all[r, lo + h * c: lo + (h + 1) * c] for r, h in order])
             n = real[i + 1] - real[i]
