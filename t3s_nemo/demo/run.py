@@ -36,8 +36,10 @@ def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed:
 
     t0 = time.monotonic()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise T3SError(f"--out {out}: exists and is not a directory")
+    from t3s_nemo.io import check_replaceable
+
+    # a file in the way, or (with --overwrite, which deletes --out) a --student inside it
+    check_replaceable(out, [student] if overwrite and not rebuild_student else [])
     entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
     if entries and not (out / "config.yaml").is_file() and entries != {"student"}:
         # an earlier demo (or pipeline) run starts with config.yaml, or with student/ when stage 0 was

@@ -234,3 +234,17 @@ def test_error_text_is_printed_verbatim(tmp_path, monkeypatch, capsys):
     code, _, err = run_main(monkeypatch, capsys, "data", "pack", "-i", missing, "--tokenizer", tmp_path,
                             "--seq-length", "8", "-o", tmp_path / "o")
     assert code == 1 and err.splitlines() == [f"error: {missing}: input not found"]
+
+
+def test_demo_overwrite_never_deletes_its_student(tmp_path, monkeypatch, capsys):
+    """--overwrite deletes --out; a --student inside it is refused first, and nothing is removed."""
+    out = tmp_path / "demo"
+    (out / "student").mkdir(parents=True)
+    (out / "student" / "config.json").write_text("{}")
+    (out / "config.yaml").write_text("run_dir: x\n")  # looks like an earlier demo run
+    code, _, err = run_main(monkeypatch, capsys, "demo", "--out", str(out), "--student", str(out / "student"),
+                            "--overwrite")
+    assert code == 1
+    assert err.splitlines() == [f"error: {out}: output contains the input {out / 'student'}; replacing it would "
+                                "delete the input. Write to another directory"]
+    assert (out / "student" / "config.json").is_file() and (out / "config.yaml").is_file()
