@@ -93,6 +93,8 @@ def main(argv=None) -> None:
     out_dir = Path(a.out)
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        console.print(f"profile: {len(bins)} bins of {packed.seq_length} tokens at {len(markers)} checkpoint(s), "
+                      f"tp={p.tp} pp={p.pp} dp={dp}, micro-batches of {mbs}, {bundle.dtype}")
     fb = get_forward_backward_func()
     results = []
     seconds = 0.0

@@ -229,24 +229,25 @@ def profile(
     checkpoint: Annotated[Optional[Path], typer.Option(help="Standalone: the selector checkpoint (theta_0).")] = None,
     checkpoint_b: Annotated[Optional[Path], typer.Option("--checkpoint-b", help="Standalone: a second checkpoint (theta_b); adds delta.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Standalone: output directory for logp_a.npz (logp_b.npz, delta.npz).")] = None,
-    tp: Annotated[int, typer.Option(help="Tensor-parallel size.")] = 1,
-    pp: Annotated[int, typer.Option(help="Pipeline-parallel size.")] = 1,
+    tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel size (default: with RUN, the run's own; standalone, 1).", show_default=False)] = None,
+    pp: Annotated[Optional[int], typer.Option(help="Pipeline-parallel size (default: as --tp).", show_default=False)] = None,
     nproc_per_node: NprocOpt = 1,
 ):
     """Per-token log p of every response token at theta_0 and theta_b (forward only, TP/PP/DP).
 
     With RUN: theta_0 = RUN/snapshots/step_0 (or profile.selector_base), theta_b = the bottleneck
     snapshot (or profile.selector_bottleneck); writes RUN/profile/*.npz and adds channels logp0, logpb
-    and delta = logpb - logp0 to the run's packed dataset. Standalone (--data --checkpoint [--checkpoint-b]
+    and delta = logpb - logp0 to the run's packed dataset, in the run's TP/PP layout unless --tp/--pp say
+    otherwise (its CP ranks, if any, become data-parallel: the pass is forward only). Standalone (--data --checkpoint [--checkpoint-b]
     --out): writes per-example arrays keyed by example id (npz) that `t3s data add-channel --span
     response` reads. A selector must share the dataset's tokenizer (checked by fingerprint).
     """
-    parallel = [f"parallel.tp={tp}", f"parallel.pp={pp}"]
     if run is not None:
         from t3s_nemo.trajectory.profile import profile_run
 
-        profile_run(run, nproc_per_node, parallel=parallel)
+        profile_run(run, nproc_per_node, tp=tp, pp=pp)
         return
+    parallel = [f"parallel.tp={tp or 1}", f"parallel.pp={pp or 1}"]
     if not (data and checkpoint and out):
         raise T3SError("give a run directory, or --data, --checkpoint and --out")
     args = ["--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out)]

@@ -30,8 +30,27 @@ def selectors(run_dir: Path, cfg) -> tuple[Path, Path]:
     return base, bottleneck
 
 
+def run_layout(cfg, world_size: int, tp: Optional[int] = None,
+               pp: Optional[int] = None) -> tuple[list[str], Optional[str]]:
+    """(parallel.tp / parallel.pp overrides, a note or None) to profile a run on world_size processes.
+
+    Unset sizes default to the run's own: the model trained in that layout, so its forward pass fits
+    there (a 32B student does not fit one GPU at tp=1). Context parallelism is not carried over: the
+    profile is forward only, and its CP ranks become data-parallel ones. If world_size cannot hold the
+    run's layout (a tp=2 run profiled in one process), the defaults fall back to 1, with a note.
+    """
+    run_tp, run_pp = tp or cfg.parallel.tp, pp or cfg.parallel.pp
+    note = None
+    if world_size % (run_tp * run_pp) and (tp is None or pp is None):
+        note = (f"the run trained at tp={cfg.parallel.tp} pp={cfg.parallel.pp}, which {world_size} process(es) "
+                f"cannot hold; profiling at tp={tp or 1} pp={pp or 1} (set the process count, or tp and pp)")
+        run_tp, run_pp = tp or 1, pp or 1
+    return [f"parallel.tp={run_tp}", f"parallel.pp={run_pp}"], note
+
+
 def profile_run(run_dir: Path, nproc: int = 1, overrides: Optional[list[str]] = None,
-                parallel: Optional[list[str]] = None) -> dict:
+                tp: Optional[int] = None, pp: Optional[int] = None) -> dict:
+    """Profile theta_0 and theta_b of a trajectory run on nproc processes (default layout: run_layout)."""
     from t3s_nemo.cli import launch_recipe
 
     run_dir = Path(run_dir)
@@ -40,9 +59,12 @@ def profile_run(run_dir: Path, nproc: int = 1, overrides: Optional[list[str]] = 
     cfg = load_config(run_dir / "config.yaml", overrides)
     base, bottleneck = selectors(run_dir, cfg)
     out = run_dir / "profile"
+    layout, note = run_layout(cfg, nproc, tp, pp)
+    if note:
+        console.print(f"[yellow]note:[/] {note}")
     launch_recipe("t3s_nemo.recipes.profile", [
         "--data", cfg.data.path, "--checkpoint", str(base), "--checkpoint-b", str(bottleneck), "--out", str(out),
-        "--micro-batch-size", str(cfg.profile.micro_batch_size), *(parallel or []),
+        "--micro-batch-size", str(cfg.profile.micro_batch_size), *layout,
     ], nproc)
     return attach(PackedDataset(cfg.data.path), out, base, bottleneck)
 
