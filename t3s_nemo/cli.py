@@ -450,6 +450,7 @@ def plan(
     """
     from t3s_nemo.config import load_config
     from t3s_nemo.model import plan as P
+    from t3s_nemo.devices import te_available
     from t3s_nemo.model.qwen3 import check_shape, num_parameters, padded_vocab_size, resolve_shape
 
     cfg = load_config(config, overrides)
@@ -477,13 +478,16 @@ def plan(
                        f"(tp*pp*cp and tp*pp*ep={p.tp * p.pp * p.ep} must divide the GPU count)")
     with console.status("building each layout's first and last pipeline stage on the meta device"):
         params = P.meta_rank_params(shape, vocab_size, sorted({(tp, pp, p.ep) for tp, pp, _ in layouts}))
+    # context parallelism all-gathers K and V with the sdpa spec; TE's ring attention does not
+    spec = cfg.model.spec if cfg.model.spec != "auto" else ("te" if te_available() else "sdpa")
+    gathered_kv = spec != "te"
     rows = []
     for tp, pp, cp in layouts:
         for seq in sorted({cfg.data.seq_length, 8192, 16384, 32768}):
             rows.append(P.estimate(shape, padded_vocab_size(vocab_size, tp), tp, pp, cp, n // (tp * pp * cp), seq,
                                    cfg.train.micro_batch_size, cfg.model.recompute,
                                    p.sequence_parallel, p.distributed_optimizer, cfg.train.precision != "fp32",
-                                   params=params[(tp, pp, p.ep)], ep=p.ep))
+                                   params=params[(tp, pp, p.ep)], ep=p.ep, gathered_kv=gathered_kv))
     out = console.__class__(highlight=False, width=max(110, console.width))
     total = num_parameters(shape, padded_vocab_size(vocab_size, 1))
     size = f"{P.count(total)} parameters"
@@ -493,6 +497,10 @@ def plan(
     out.print(f"{cfg.model.preset}: {size}; {n} GPUs; first row group = the config's layout "
               f"(tp={p.tp} pp={p.pp} cp={p.cp}), recompute={cfg.model.recompute}")
     out.print(P.table(rows, gpu_memory))
+    if any(r.cp > 1 for r in rows):
+        out.print(f"cp > 1 rows: model.spec {spec}" + (" (auto: no Transformer Engine here)" if cfg.model.spec == "auto" else "")
+                  + (", whose context parallelism all-gathers K and V: counted in activ" if gathered_kv
+                     else ": ring attention, no all-gathered K and V"))
 
 
 analyze_app = typer.Typer(help="The paper's mechanism diagnostics on a profiled trajectory run.", no_args_is_help=True)

@@ -107,3 +107,30 @@ def test_shipped_llada2_mini_config_fits_one_8xh100_node():
                         cfg.data.seq_length, cfg.train.micro_batch_size, cfg.model.recompute, p.sequence_parallel,
                         p.distributed_optimizer, ep=p.ep)
     assert est.total < 79.6 * plan.GiB * 0.9
+
+
+@pytest.mark.parametrize("recompute,layers", [("none", 64), ("selective", 1), ("full", 1)])
+def test_sdpa_context_parallelism_counts_the_gathered_keys_and_values(recompute, layers):
+    # the sdpa spec's CP all-gathers K and V: each rank also holds the other ranks' (cp - 1) / cp share,
+    # 2 x groups / tp x head_dim values per token, kept in every layer unless recomputed
+    shape = PRESETS["qwen3_32b"]
+    vocab = padded_vocab_size(151669, 8)
+    args = (shape, vocab, 8, 2, 2, 1, 16384, 1, recompute)
+    ring, gathered = plan.estimate(*args), plan.estimate(*args, gathered_kv=True)
+    kv = 2 * 16384 / 2 * shape.num_query_groups // 8 * shape.head_dim * 2  # bf16
+    assert gathered.activations - ring.activations == pytest.approx(kv * layers)
+    one = (shape, vocab, 8, 2, 1, 2, 16384, 1, recompute)
+    assert plan.estimate(*one, gathered_kv=True).activations == plan.estimate(*one).activations
+
+
+def test_plan_says_how_it_counted_context_parallelism(monkeypatch, capsys):
+    import sys
+
+    from t3s_nemo.cli import main
+
+    for spec, said in (("sdpa", "all-gathers K and V: counted in activ"), ("te", "ring attention")):
+        monkeypatch.setattr(sys, "argv", ["t3s", "plan", str(REPO / "configs/qwen3_32b/sft.yaml"), "parallel.cp=2",
+                                          f"model.spec={spec}"])
+        main()
+        out = " ".join(capsys.readouterr().out.split())  # the note may wrap
+        assert f"cp > 1 rows: model.spec {spec}" in out and said in out
