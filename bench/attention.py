@@ -38,7 +38,7 @@ def child(spec: str, preset: str, seq_length: int, steps: int) -> dict:
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
     from t3s_nemo.training.loss import batch_to_model_inputs, masked_token_loss
-    from t3s_nemo.training.setup import build_model
+    from t3s_nemo.training.setup import build_model, vocab_rows
 
     packed = PackedDataset(demo_packed(seq_length))
     init_distributed()
@@ -46,7 +46,7 @@ def child(spec: str, preset: str, seq_length: int, steps: int) -> dict:
     cfg.model.preset = preset
     cfg.model.spec = spec
     init_model_parallel(cfg.parallel)
-    bundle = build_model(cfg, packed.vocab_size, packed.seq_length)
+    bundle = build_model(cfg, vocab_rows(packed.vocab_size, cfg.parallel.tp), packed.seq_length)
     model = bundle.chunks[0]
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate([PackedBins(packed)[0]]).items()}

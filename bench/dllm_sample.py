@@ -47,7 +47,7 @@ def main() -> None:
     from t3s_nemo.dllm.sampler import sample, sample_batch
     from t3s_nemo.dllm.training import choose_mask_token, model_vocab_size
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
-    from t3s_nemo.training.setup import build_model
+    from t3s_nemo.training.setup import build_model, vocab_rows
 
     packed = PackedDataset(demo_packed(1024))
     prompts = [packed.read_example(i)[: int(packed.prompt_lengths[i])].tolist()
@@ -58,7 +58,7 @@ def main() -> None:
     cfg.model.objective = "dllm"
     init_model_parallel(cfg.parallel)
     mask_id = choose_mask_token(packed)
-    bundle = build_model(cfg, model_vocab_size(packed, mask_id), max(map(len, prompts)) + a.gen_length,
+    bundle = build_model(cfg, vocab_rows(model_vocab_size(packed, mask_id), cfg.parallel.tp), max(map(len, prompts)) + a.gen_length,
                          bidirectional=True)
     model = bundle.chunks[0]
     model.eval()

@@ -44,7 +44,7 @@ def main() -> None:
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
     from t3s_nemo.training.logging import peak_flops
     from t3s_nemo.training.loss import t3s_forward_step
-    from t3s_nemo.training.setup import build_model, build_optimizer, wrap_ddp
+    from t3s_nemo.training.setup import build_model, build_optimizer, vocab_rows, wrap_ddp
 
     packed = PackedDataset(demo_packed(a.seq_length))
     init_distributed()
@@ -52,7 +52,7 @@ def main() -> None:
     cfg.model.preset = a.preset
     cfg.train.global_batch_size = a.global_batch
     init_model_parallel(cfg.parallel)
-    bundle = build_model(cfg, packed.vocab_size, packed.seq_length)
+    bundle = build_model(cfg, vocab_rows(packed.vocab_size, cfg.parallel.tp), packed.seq_length)
     model = wrap_ddp(bundle, cfg)
     optimizer = build_optimizer(model, cfg, bundle.dtype)
     bundle.tconfig.finalize_model_grads_func = finalize_model_grads

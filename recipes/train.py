@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
     from t3s_nemo.training.logging import TrajectoryLog, peak_flops, print_line
     from t3s_nemo.training.loss import schedule_shape, t3s_forward_step
-    from t3s_nemo.training.setup import build_model, build_optimizer, build_scheduler, wrap_ddp
+    from t3s_nemo.training.setup import build_model, build_optimizer, build_scheduler, vocab_rows, wrap_ddp
 
     # ---- set-up -------------------------------------------------------------------------------------
     mode, cfg = parse_args(sys.argv[1:] if argv is None else argv)
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    bundle = build_model(cfg, vocab, packed.seq_length, bidirectional=dllm)
+    rows = vocab_rows(vocab, cfg.parallel.tp, *manager.inherited_vocab_rows(run_dir, cfg.resume, cfg.model.init))
+    bundle = build_model(cfg, rows, packed.seq_length, bidirectional=dllm)
     forward_step = partial(forward_step, thd=bundle.packed_thd)  # not re-detected per micro-batch
     ckpt = manager.CheckpointManager(run_dir, cfg.checkpoint, bundle, packed, cfg)
     model = wrap_ddp(bundle, cfg)

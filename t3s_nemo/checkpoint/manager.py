@@ -44,6 +44,30 @@ def step_dirs(parent: Path, complete_only: bool = True) -> list[tuple[int, Path]
     return sorted(out)
 
 
+def inherited_vocab_rows(run_dir: Path, resume: str, init: str) -> tuple[Optional[int], str]:
+    """(vocabulary rows, where from) of the weights a run will start from: its latest complete full
+    checkpoint (resume=auto), else model.init (a t3s checkpoint, or a Hugging Face directory); (None, "")
+    for random init. See t3s_nemo.training.setup.vocab_rows."""
+    from t3s_nemo.config import resolve_path
+    from t3s_nemo.io import read_json
+    from t3s_nemo.model.qwen3 import padded_vocab_size
+
+    if resume == "auto":
+        done = step_dirs(Path(run_dir) / "checkpoints")
+        if done:
+            return W.read_marker(done[-1][1]).get("padded_vocab_size"), str(done[-1][1])
+    if not init:
+        return None, ""
+    path = Path(resolve_path(init))
+    if (path / W.MARKER).is_file():
+        return W.read_marker(path).get("padded_vocab_size"), f"model.init {path}"
+    if (path / "config.json").is_file():
+        vocab = read_json(path / "config.json", "Hugging Face config.json").get("vocab_size")
+        if isinstance(vocab, int) and vocab > 0:
+            return padded_vocab_size(vocab, 1), f"model.init {path}"  # as `t3s import` pads it
+    return None, ""  # load_init says what is wrong with it
+
+
 def start_write_queue() -> None:
     """Start megatron's checkpoint write-results queue now, in a Manager process that ignores SIGUSR1 and
     SIGTERM and exits when this process is gone.

@@ -18,7 +18,7 @@ class ModelBundle:
     chunks: list  # one GPTModel per virtual pipeline stage on this rank (unwrapped)
     tconfig: object  # megatron TransformerConfig
     shape: qwen3.Shape
-    vocab_size: int  # padded
+    vocab_size: int  # vocabulary rows (padded: vocab_rows)
     dtype: torch.dtype
     packed_thd: bool  # packed examples go in as THD + cu_seqlens, not a block mask (qwen3.packs_thd)
 
@@ -32,8 +32,28 @@ def run_dtype(cfg: Config) -> torch.dtype:
     return torch.bfloat16 if p == "bf16" else torch.float32
 
 
+def vocab_rows(tokens: int, tp: int, inherited: Optional[int] = None, source: str = "") -> int:
+    """The model's vocabulary rows (embedding and output layer) for `tokens` token ids at tensor parallel tp.
+
+    A model keeps the rows of the weights it starts from (`inherited`: a checkpoint's padded_vocab_size,
+    or a Hugging Face config's vocab_size rounded up to 128 as `t3s import` does), whatever the layout:
+    Qwen3 checkpoints have 151,936 rows for a 151,669-token tokenizer, and re-padding them to 128 x tp
+    (152,576 at tp=8) would change the model and refuse its weights; Megatron-Bridge keeps them too.
+    Only a model with nothing to inherit (random init) gets the tokenizer's vocabulary padded to a
+    multiple of 128 x tp, Megatron-LM's make_vocab_size_divisible_by.
+    """
+    if inherited is None:
+        return qwen3.padded_vocab_size(tokens, tp)
+    if inherited < tokens:
+        raise T3SError(f"{source}: {inherited} vocabulary rows, fewer than the {tokens} token ids of the "
+                       "dataset's tokenizer; was it made with another tokenizer?")
+    return inherited
+
+
 def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional: bool = False) -> ModelBundle:
     """The GPTModel chunks of this rank's pipeline stage(s), randomly initialised from train.seed.
+
+    vocab_size: the vocabulary rows as they are (see vocab_rows), split over the TP ranks.
 
     Random init uses megatron's CPU initialisation (full weight from the CPU generator, then split), so
     it is the same for every TP size; a run at another PP layout starts from the same weights only
@@ -58,7 +78,10 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
                        "sequence parallelism (which needs Transformer Engine); set it true on GPU, or use tp=1 "
                        "(parallel.ep splits the experts instead)")
     dtype = run_dtype(cfg)
-    padded = qwen3.padded_vocab_size(vocab_size, cfg.parallel.tp)
+    if vocab_size % cfg.parallel.tp:
+        raise T3SError(f"config key 'parallel.tp': the model's {vocab_size} vocabulary rows do not split over "
+                       f"{cfg.parallel.tp} tensor-parallel ranks; choose a tp that divides {vocab_size}")
+    padded = vocab_size
     tconfig = qwen3.transformer_config(
         shape, cfg.parallel, dtype=dtype, use_cpu_init=True, recompute=cfg.model.recompute,
         moe_grouped_gemm=use_te, moe_aux_loss_coeff=cfg.model.moe_aux_loss_coeff,

@@ -9,12 +9,12 @@ import pytest
 from procs import DEMO, REPO, run_script, t3s
 
 
-def tiny_hf_model(path, tie: bool):
+def tiny_hf_model(path, tie: bool, vocab_size: int = 512):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=10000.0,
                       rms_norm_eps=1e-6, tie_word_embeddings=tie, max_position_embeddings=4096)
     model = Qwen3ForCausalLM(cfg)
@@ -57,14 +57,27 @@ def test_cli_export_refuses_an_incomplete_checkpoint(tmp_path):
 
 
 def test_sft_starts_from_a_hugging_face_directory(tiny_data, tmp_path):
-    from procs import train
+    import torch
+    from safetensors.torch import load_file
 
+    from procs import run, train
+
+    # like Qwen3 (151,936 rows for 151,669 tokens): more rows than the tokenizer's 454 ids, a multiple of 128
+    # but not of 128 x tp, so re-padding them for tp=2 (768) would refuse the weights
     hf = tmp_path / "hf"
-    tiny_hf_model(hf, tie=True)
-    records = train(tmp_path / "run", tiny_data, "train.steps=2", "train.global_batch_size=2", f"model.init={hf}",
-                    nproc=2)
-    assert (tmp_path / "run" / "init_from_hf" / "t3s.json").is_file()
+    tiny_hf_model(hf, tie=True, vocab_size=640)
+    run_dir = tmp_path / "run"
+    records = train(run_dir, tiny_data, "train.steps=2", "train.global_batch_size=2", f"model.init={hf}",
+                    "parallel.tp=2", "checkpoint.snapshot_step0=true", "checkpoint.snapshot_interval=1", nproc=2)
+    assert (run_dir / "init_from_hf" / "t3s.json").is_file()
     assert [r["step"] for r in records] == [1, 2]
+    assert json.loads((run_dir / "snapshots" / "step_2" / "t3s.json").read_text())["padded_vocab_size"] == 640
+    # theta_0 of the run is the Hugging Face model, row for row
+    run([*t3s(), "export", str(run_dir / "snapshots" / "step_0"), "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 640
+    original, exported = load_file(hf / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert set(exported) <= set(original) and "model.embed_tokens.weight" in exported
+    assert all(torch.equal(exported[k], original[k]) for k in exported)
     # a random-init model with this vocabulary starts near log(512) = 6.24; the HF weights give another loss
     fresh = train(tmp_path / "fresh", tiny_data, "train.steps=1", "train.global_batch_size=2")
     assert records[0]["loss"] != fresh[0]["loss"]

@@ -16,7 +16,7 @@ def main() -> None:
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.dllm.training import DllmBins, choose_mask_token, model_inputs, model_vocab_size
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
-    from t3s_nemo.training.setup import build_model
+    from t3s_nemo.training.setup import build_model, vocab_rows
 
     packed = PackedDataset(sys.argv[1])
     init_distributed()
@@ -25,7 +25,7 @@ def main() -> None:
     cfg.model.objective = "dllm"
     init_model_parallel(cfg.parallel)
     vocab = model_vocab_size(packed, choose_mask_token(packed))
-    bundle = build_model(cfg, vocab, packed.seq_length, bidirectional=True)
+    bundle = build_model(cfg, vocab_rows(vocab, cfg.parallel.tp), packed.seq_length, bidirectional=True)
     model = bundle.chunks[0]
     batch = collate([DllmBins(packed)[0]])
     cu = batch["cu_seqlens"].tolist()

@@ -21,7 +21,7 @@ def main() -> None:
     from t3s_nemo.dllm.training import model_inputs
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
     from t3s_nemo.training.loss import batch_to_model_inputs, masked_token_loss, model_takes_thd
-    from t3s_nemo.training.setup import build_model
+    from t3s_nemo.training.setup import build_model, vocab_rows
 
     packed = PackedDataset(sys.argv[1])
     specs = (sys.argv[2] if len(sys.argv) > 2 else "sdpa_thd,sdpa,local").split(",")
@@ -35,7 +35,7 @@ def main() -> None:
         cfg.train.precision = "fp32"
         cfg.model.spec = spec.removesuffix("_thd")
         init_model_parallel(cfg.parallel)
-        bundle = build_model(cfg, packed.vocab_size, packed.seq_length)
+        bundle = build_model(cfg, vocab_rows(packed.vocab_size, cfg.parallel.tp), packed.seq_length)
         model = models[spec] = bundle.chunks[0]
         device = next(model.parameters()).device
         out["device"] = device.type
@@ -90,7 +90,7 @@ def main() -> None:
                                            if p.grad is not None)
 
         # 4. bidirectional (the dLLM objective) on the same weights
-        bi = build_model(cfg, packed.vocab_size, packed.seq_length, bidirectional=True).chunks[0]
+        bi = build_model(cfg, vocab_rows(packed.vocab_size, cfg.parallel.tp), packed.seq_length, bidirectional=True).chunks[0]
         bi.load_state_dict(model.state_dict())
         with torch.no_grad():
             r["bidirectional"] = bi(**model_inputs(batch, batch["tokens"], thd)).reshape(-1)

@@ -22,7 +22,7 @@ def main() -> None:
     from t3s_nemo.dllm.training import DllmBins, add_noise_seeds, choose_mask_token, dllm_forward_step, model_vocab_size
     from t3s_nemo.training import moe as tmoe
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
-    from t3s_nemo.training.setup import build_model, unwrap, wrap_ddp
+    from t3s_nemo.training.setup import build_model, unwrap, vocab_rows, wrap_ddp
 
     packed = PackedDataset(sys.argv[1])
     init_distributed()
@@ -36,7 +36,7 @@ def main() -> None:
         cfg.model.objective = "dllm"
         cfg.model.moe_aux_loss_coeff = coeff
         init_model_parallel(cfg.parallel)
-        bundle = build_model(cfg, model_vocab_size(packed, mask_id), packed.seq_length, bidirectional=True)
+        bundle = build_model(cfg, vocab_rows(model_vocab_size(packed, mask_id), cfg.parallel.tp), packed.seq_length, bidirectional=True)
         model = wrap_ddp(bundle, cfg)
         bundle.tconfig.finalize_model_grads_func = finalize_model_grads
         scale = tmoe.AuxLossScale()
