@@ -37,15 +37,20 @@ def run_layout(cfg, world_size: int, tp: Optional[int] = None,
     Unset sizes default to the run's own: the model trained in that layout, so its forward pass fits
     there (a 32B student does not fit one GPU at tp=1). Context parallelism is not carried over: the
     profile is forward only, and its CP ranks become data-parallel ones. If world_size cannot hold the
-    run's layout (a tp=2 run profiled in one process), the defaults fall back to 1, with a note.
+    run's layout (a tp=8 pp=2 run profiled on one 8-GPU node), the unset sizes shrink, pipeline stages
+    first (tp=8 pp=1 still splits every weight 8 ways; the forward pass keeps no activations), with a note.
     """
-    run_tp, run_pp = tp or cfg.parallel.tp, pp or cfg.parallel.pp
-    note = None
-    if world_size % (run_tp * run_pp) and (tp is None or pp is None):
-        note = (f"the run trained at tp={cfg.parallel.tp} pp={cfg.parallel.pp}, which {world_size} process(es) "
-                f"cannot hold; profiling at tp={tp or 1} pp={pp or 1} (set the process count, or tp and pp)")
-        run_tp, run_pp = tp or 1, pp or 1
-    return [f"parallel.tp={run_tp}", f"parallel.pp={run_pp}"], note
+    want_tp, want_pp = tp or cfg.parallel.tp, pp or cfg.parallel.pp
+    if not world_size % (want_tp * want_pp) or (tp is not None and pp is not None):
+        return [f"parallel.tp={want_tp}", f"parallel.pp={want_pp}"], None
+    pps = [pp] if pp is not None else [d for d in range(want_pp, 0, -1) if want_pp % d == 0]
+    tps = [tp] if tp is not None else [d for d in range(want_tp, 0, -1) if want_tp % d == 0]
+    # the largest model-parallel group that fits, fewer pipeline stages before fewer tensor-parallel ranks
+    fits = [(t, q) for t in tps for q in pps if not world_size % (t * q)] or [(tps[-1], pps[-1])]
+    new_tp, new_pp = max(fits, key=lambda x: (x[0] * x[1], x[0]))
+    note = (f"the run trained at tp={cfg.parallel.tp} pp={cfg.parallel.pp}, which {world_size} process(es) cannot "
+            f"hold; profiling at tp={new_tp} pp={new_pp} (set the process count, or tp and pp)")
+    return [f"parallel.tp={new_tp}", f"parallel.pp={new_pp}"], note
 
 
 def profile_run(run_dir: Path, nproc: int = 1, overrides: Optional[list[str]] = None,

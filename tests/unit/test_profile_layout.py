@@ -1,0 +1,40 @@
+"""The layout `t3s profile RUN` (and the pipeline, and slurm/profile.sbatch) profiles a run in."""
+
+from pathlib import Path
+
+import pytest
+
+from t3s_nemo.config import load_config
+from t3s_nemo.trajectory.profile import run_layout
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cfg_32b():
+    return load_config(REPO / "configs" / "qwen3_32b" / "sft.yaml")  # tp=8 pp=2
+
+
+@pytest.mark.parametrize("world,layout", [
+    (16, (8, 2)), (32, (8, 2)),  # the run's own layout; more processes become data-parallel
+    (8, (8, 1)), (24, (8, 1)),   # one 8-GPU node: drop pipeline stages first, keep every weight split 8 ways
+    (4, (4, 1)), (12, (4, 1)), (1, (1, 1)),
+])
+def test_a_run_is_profiled_in_its_layout_or_the_largest_that_fits(cfg_32b, world, layout):
+    overrides, note = run_layout(cfg_32b, world)
+    assert overrides == [f"parallel.tp={layout[0]}", f"parallel.pp={layout[1]}"]
+    assert (note is None) == (layout == (8, 2))
+    if note:
+        assert f"profiling at tp={layout[0]} pp={layout[1]}" in note and "tp=8 pp=2" in note
+
+
+def test_given_sizes_win(cfg_32b):
+    assert run_layout(cfg_32b, 8, tp=4) == (["parallel.tp=4", "parallel.pp=2"], None)
+    assert run_layout(cfg_32b, 8, tp=2, pp=2) == (["parallel.tp=2", "parallel.pp=2"], None)
+    # both given and not fitting: passed on as they are, for the recipe's own error
+    assert run_layout(cfg_32b, 6, tp=4, pp=2) == (["parallel.tp=4", "parallel.pp=2"], None)
+
+
+def test_context_parallelism_becomes_data_parallelism(cfg_32b):
+    cfg_32b.parallel.cp = 2
+    assert run_layout(cfg_32b, 32) == (["parallel.tp=8", "parallel.pp=2"], None)
