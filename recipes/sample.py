@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from t3s_nemo.console import exit_on_user_error
+from t3s_nemo.console import console, exit_on_user_error
 from t3s_nemo.errors import T3SError
 
 
@@ -118,6 +118,20 @@ def main(argv=None) -> None:
         shutdown()
         return
     batch = max(1, min(a.batch_size * a.num_samples, len(mine) * a.num_samples))
+    if torch.cuda.is_available():  # megatron allocates the static KV cache whole, before the first token
+        row = kv_row_bytes(bundle.shape, cfg.parallel.tp, max_len, bundle.dtype)
+        fit = torch.tensor([kv_cache_rows(bundle.shape, cfg.parallel.tp, max_len, bundle.dtype,
+                                          torch.cuda.mem_get_info()[0])], device="cuda")
+        torch.distributed.all_reduce(fit, op=torch.distributed.ReduceOp.MIN)  # the TP ranks must agree
+        fit = int(fit.item())
+        if fit < 1:
+            raise T3SError(f"one row of {max_len} tokens needs a {row / 2**30:,.1f} GiB KV cache per GPU, more "
+                           "than is free: lower generation.max_new_tokens or raise generation.tp")
+        if fit < batch:
+            if env.is_main:
+                console.print(f"note: {batch} rows of {max_len} tokens need a {batch * row / 2**30:,.0f} GiB KV "
+                              f"cache per GPU; sampling {fit} rows at a time")
+            batch = fit
     context = StaticInferenceContext(max_batch_size=batch, max_sequence_length=max_len)
     controller = TextGenerationController(GPTInferenceWrapper(model, context),
                                           _TokenIds(a.eos, bundle.vocab_size))
@@ -143,6 +157,18 @@ def main(argv=None) -> None:
 
     _write(env, out, prompts, seconds, a)
     shutdown()
+
+
+def kv_row_bytes(shape, tp: int, max_len: int, dtype: torch.dtype) -> int:
+    """Bytes of one row's KV cache on a TP rank, as megatron-core's static inference context allocates it
+    (Attention._allocate_memory): K and V of [max_len, groups on this rank, head_dim] in every layer."""
+    groups = max(1, shape.num_query_groups // tp)  # tp > groups: every rank keeps one (replicated) group
+    return 2 * shape.num_layers * max_len * groups * shape.head_dim * torch.finfo(dtype).bits // 8
+
+
+def kv_cache_rows(shape, tp: int, max_len: int, dtype: torch.dtype, free_bytes: int, fraction: float = 0.8) -> int:
+    """How many rows' KV cache fit in `fraction` of free_bytes (the rest: activations and logits)."""
+    return int(fraction * free_bytes // kv_row_bytes(shape, tp, max_len, dtype))
 
 
 def _write(env, out: dict, prompts: list, seconds: float, a) -> None:

@@ -417,7 +417,7 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
     cfg = load_run_config(run_dir, cfg_overrides)
     b, g = cfg.bottleneck, cfg.generation
     force = b.force if force is None else force
-    backend = resolve_backend(g.backend, cfg.model.objective)
+    backend = resolve_backend(g.backend, cfg.model.objective, g.tp)
 
     snapshots = step_dirs(run_dir / "snapshots")
     if not snapshots:

@@ -43,7 +43,8 @@ def accuracy_curves(root: Path, runs: dict[str, str], data: str, every: int = 1)
     cfg = load_run_config(sft, [f"data.path={data}"])
     ds = PackedDataset(data)
     ids, prompts, answers = training_prompts(ds, cfg.bottleneck.num_prompts, cfg.generation.seed)
-    gen = generation_settings(cfg, resolve_backend(cfg.generation.backend, cfg.model.objective))
+    gen = generation_settings(cfg, resolve_backend(cfg.generation.backend, cfg.model.objective,
+                                                     cfg.generation.tp))
     ctx = {"key": result_key(gen, ids), "prompts": prompts, "answers": answers, "gen": gen, "tokenizer": ds.tokenizer_dir}
     bottleneck = read_json(sft / "bottleneck.json", "bottleneck")
     curves: dict[str, dict] = {}

@@ -114,7 +114,7 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
     objective = W.read_marker(model).get("objective", "ar") if W.is_complete(model) else "ar"
     settings = {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
                 "max_new_tokens": gen.max_new_tokens, "seed": gen.seed,
-                "backend": resolve_backend(gen.backend, objective)}
+                "backend": resolve_backend(gen.backend, objective, gen.tp, checkpoint=W.is_complete(model))}
     with tempfile.TemporaryDirectory(dir=out, prefix=".work-") as work:
         hf_dir, tok_dir, fp = _prepare_model(model, tokenizer, Path(work), export=settings["backend"] != "megatron")
         tok = load_tokenizer(tok_dir)

@@ -30,8 +30,10 @@ class Sample:
     num_tokens: int  # generated tokens, including the end-of-sequence token when the model emitted one
 
 
-def resolve_backend(backend: str, objective: str = "ar") -> str:
-    """The backend `auto` stands for on this machine (vllm needs CUDA and an importable vllm).
+def resolve_backend(backend: str, objective: str = "ar", tp: int = 1, checkpoint: bool = True) -> str:
+    """The backend `auto` stands for here: vllm where CUDA and an importable vllm are; else, to sample on tp
+    > 1 devices, megatron (from the t3s checkpoint itself; `checkpoint` says whether there is one rather
+    than only a Hugging Face directory); else transformers, which samples on one device.
 
     A dLLM (objective dllm) is no Qwen3ForCausalLM: only megatron's backend samples it (block-wise
     remasking, t3s_nemo/dllm/sampler.py), so auto means megatron for it.
@@ -43,17 +45,27 @@ def resolve_backend(backend: str, objective: str = "ar") -> str:
             raise T3SError(f"generation.backend={backend}: a dLLM (model.objective=dllm) is sampled with its remasking "
                            "sampler on megatron; use generation.backend=megatron (or auto)")
         return "megatron"
+    if backend == "transformers" and tp > 1:  # it would load the whole model on one device
+        raise T3SError(f"generation.tp={tp}: the transformers backend samples on one device; use "
+                       "generation.backend=vllm or megatron to split the model, or generation.tp=1")
     if backend != "auto":
         return backend
     import torch
 
-    if not torch.cuda.is_available():
-        return "transformers"
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # not installed, or installed for another torch/CUDA: fall back, do not fail
-        return "transformers"
-    return "vllm"
+    if torch.cuda.is_available():
+        try:
+            import vllm  # noqa: F401
+
+            return "vllm"
+        except Exception:  # not installed, or installed for another torch/CUDA: fall back, do not fail
+            pass
+    if tp > 1:
+        if checkpoint:
+            return "megatron"
+        raise T3SError(f"generation.tp={tp}: sampling a Hugging Face directory on {tp} GPUs needs vLLM "
+                       "(pip install 't3s-nemo[eval]'), and it does not import here; the transformers backend "
+                       "samples on one device (generation.tp=1), megatron samples t3s checkpoints")
+    return "transformers"
 
 
 def generate(
@@ -85,7 +97,7 @@ def generate(
     if any(len(p) == 0 for p in prompts_token_ids):
         raise T3SError("generation: an empty prompt (no tokens) cannot be sampled from")
     prompts = [list(map(int, p)) for p in prompts_token_ids]
-    which = resolve_backend(backend)
+    which = resolve_backend(backend, tp=tp, checkpoint=not (Path(hf_dir) / "config.json").is_file())
     if which == "megatron":
         from t3s_nemo.trajectory.megatron_sampler import sample_checkpoint
 

@@ -68,3 +68,12 @@ def test_eval_samples_a_checkpoint_in_place_and_refuses_an_hf_directory(run, tmp
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(T3SError, match="megatron samples from a t3s checkpoint"):
         _prepare_model(tmp_path, DEMO / "tokenizer", tmp_path / "w", export=False)
+
+
+def test_kv_cache_estimate_is_what_megatron_allocates():
+    # on a GPU the sampler caps its rows by this estimate and the free memory (recipes/sample.py)
+    from procs import run_script
+
+    r = run_script("kv_checks.py")
+    assert r["layers"] == 2 and r["allocated_per_row"] == r["estimate_per_row"] > 0
+    assert r["rows_in_10_rows_of_memory"] == 10
