@@ -45,15 +45,19 @@ def main(argv=None) -> None:
         cfg = replace(cfg, dict(o.split("=", 1) for o in a.overrides))
     init_model_parallel(cfg.parallel)
     bundle = build_model(cfg, markers[2]["padded_vocab_size"], 128)
-    shards = []
-    for path in (a.base, a.bottleneck, a.final):
-        W.load_weights(bundle.chunks, path)
-        shards.append([p.detach().float().clone() for c in bundle.chunks for p in c.parameters()])
-    base, bottleneck, final = shards
+    # one fp32 accumulator besides the model (a 32B shard set is 131 GB in fp32): -theta_b, then
+    # + theta_f, then theta_0 + it, in the order b0 + (bf - bb) is computed in, so the result is the same
+    params = [p for c in bundle.chunks for p in c.parameters()]
     with torch.no_grad():
-        params = [p for c in bundle.chunks for p in c.parameters()]
-        for p_, b0, bb, bf in zip(params, base, bottleneck, final):
-            p_.copy_((b0 + (bf - bb)).to(p_.dtype))
+        W.load_weights(bundle.chunks, a.bottleneck)
+        acc = [-p.detach().float() for p in params]
+        W.load_weights(bundle.chunks, a.final)
+        for d, p in zip(acc, params):
+            d.add_(p.detach().float())
+        W.load_weights(bundle.chunks, a.base)
+        for d, p in zip(acc, params):
+            p.copy_((p.detach().float() + d).to(p.dtype))
+        del acc
     marker = dict({k: v for k, v in markers[2].items() if k != "saved_layout"}, kind=W.KIND_WEIGHTS,
                   rrt={"base": a.base, "bottleneck": a.bottleneck, "final": a.final,
                        "bottleneck_step": markers[1].get("step"), "final_step": markers[2].get("step")})

@@ -21,7 +21,9 @@
 #                               evaluated snapshot, at most 8; 1 = a single job); a one-process job after
 #                               the array picks theta_b
 #   T3S_PROFILE_SBATCH_ARGS     e.g. "--nodes=1 --ntasks-per-node=8 --gpus-per-node=8"
-#   T3S_ONE_SBATCH_ARGS         masks, RRT, export (one process each; CPU is enough)
+#   T3S_ONE_SBATCH_ARGS         masks, RRT, export (one process each; CPU is enough, but host memory is not
+#                               small: a 32B RRT holds about 262 GB in fp32, an export about 100 GB;
+#                               e.g. "--mem=320G")
 # sbatch also reads SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_TIMELIMIT, ... The jobs inherit this
 # environment (T3S_CONTAINER, T3S_CONTAINER_MOUNTS, T3S_PYTHON, T3S_SRUN_ARGS; see slurm/train.sbatch).
 # --dry-run prints the sbatch commands instead of submitting them.

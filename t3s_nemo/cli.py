@@ -294,29 +294,35 @@ def rrt(
     bottleneck: Annotated[Optional[Path], typer.Option(help="theta_b checkpoint (default: RUN's bottleneck).")] = None,
     final: Annotated[Optional[Path], typer.Option(help="theta_f checkpoint (default: RUN's last snapshot).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output checkpoint (default RUN/rrt).")] = None,
-    tp: Annotated[int, typer.Option(help="Tensor-parallel size to compute at.")] = 1,
-    pp: Annotated[int, typer.Option(help="Pipeline-parallel size to compute at.")] = 1,
+    tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel size to compute at (default: with RUN, the run's own as far as the processes hold it; else 1).", show_default=False)] = None,
+    pp: Annotated[Optional[int], typer.Option(help="Pipeline-parallel size to compute at (default: as --tp).", show_default=False)] = None,
     nproc_per_node: NprocOpt = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ):
     """Recovering Residual Transfer: theta_0 + (theta_f - theta_b), the parameter-space baseline.
 
     Computed shard by shard: each of the --nproc-per-node ranks (at --tp/--pp) loads only its shard of
-    the three checkpoints, whatever layout they were saved at. Writes a t3s weights checkpoint.
+    the three checkpoints, whatever layout they were saved at, and holds it with one fp32 accumulator
+    (a 32B model in one process: about 262 GB of host memory on CPU). Writes a t3s weights checkpoint.
     """
+    parallel = [f"parallel.tp={tp or 1}", f"parallel.pp={pp or 1}"]
     if run is not None:
         from t3s_nemo.checkpoint.manager import step_dirs
         from t3s_nemo.config import load_config
-        from t3s_nemo.trajectory.profile import selectors
+        from t3s_nemo.trajectory.profile import run_layout, selectors
 
-        b0, bb = selectors(run, load_config(run / "config.yaml"))
+        cfg = load_config(run / "config.yaml")
+        b0, bb = selectors(run, cfg)
         base, bottleneck = base or b0, bottleneck or bb
         final = final or step_dirs(run / "snapshots")[-1][1]
         out = out or run / "rrt"
+        parallel, note = run_layout(cfg, nproc_per_node, tp, pp, doing="computing RRT")
+        if note:
+            console.print(f"[yellow]note:[/] {note}")
     if not (base and bottleneck and final and out):
         raise T3SError("rrt: give a run directory, or --base, --bottleneck, --final and --out")
     args = ["--base", str(base), "--bottleneck", str(bottleneck), "--final", str(final), "--out", str(out),
-            f"parallel.tp={tp}", f"parallel.pp={pp}"] + (["--overwrite"] if overwrite else [])
+            *parallel] + (["--overwrite"] if overwrite else [])
     launch_recipe("t3s_nemo.recipes.rrt", args, nproc_per_node)
 
 

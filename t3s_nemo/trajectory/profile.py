@@ -30,8 +30,8 @@ def selectors(run_dir: Path, cfg) -> tuple[Path, Path]:
     return base, bottleneck
 
 
-def run_layout(cfg, world_size: int, tp: Optional[int] = None,
-               pp: Optional[int] = None) -> tuple[list[str], Optional[str]]:
+def run_layout(cfg, world_size: int, tp: Optional[int] = None, pp: Optional[int] = None,
+               doing: str = "profiling") -> tuple[list[str], Optional[str]]:
     """(parallel.tp / parallel.pp overrides, a note or None) to profile a run on world_size processes.
 
     Unset sizes default to the run's own: the model trained in that layout, so its forward pass fits
@@ -49,7 +49,7 @@ def run_layout(cfg, world_size: int, tp: Optional[int] = None,
     fits = [(t, q) for t in tps for q in pps if not world_size % (t * q)] or [(tps[-1], pps[-1])]
     new_tp, new_pp = max(fits, key=lambda x: (x[0] * x[1], x[0]))
     note = (f"the run trained at tp={cfg.parallel.tp} pp={cfg.parallel.pp}, which {world_size} process(es) cannot "
-            f"hold; profiling at tp={new_tp} pp={new_pp} (set the process count, or tp and pp)")
+            f"hold; {doing} at tp={new_tp} pp={new_pp} (set the process count, or tp and pp)")
     return [f"parallel.tp={new_tp}", f"parallel.pp={new_pp}"], note
 
 
