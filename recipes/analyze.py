@@ -47,7 +47,8 @@ def parse_args(argv):
     p.add_argument("--step", action="append", type=int, help="training step of each --checkpoint (labels)")
     p.add_argument("--out", required=True)
     p.add_argument("--num-bins", type=int, default=16, help="packed bins in the batch (and in the eval batch)")
-    p.add_argument("--micro-batch-size", type=int, default=4)
+    p.add_argument("--micro-batch-size", type=int, default=1,
+                   help="bins per forward/backward (activations grow with it; the sums do not change)")
     p.add_argument("--lr", type=float, default=1e-3, help="transfer: SGD step size")
     p.add_argument("--groups", type=int, default=4, help="transfer: delta quantile groups")
     p.add_argument("--seed", type=int, default=0, help="which bins form the batch")
@@ -89,7 +90,10 @@ class Engine:
         if "delta" not in self.packed.channels:
             raise T3SError(f"{a.data}: no 'delta' channel; run `t3s profile RUN` first")
         marker = W.read_marker(a.checkpoint[0])
-        cfg = run_config(marker, a.overrides)
+        # full activation recomputation unless told otherwise: the gradients of a 32B student at 16k tokens
+        # would keep ~70 GB of activations per GPU without it, beside two gradient copies. megatron
+        # recomputes only in training mode, which changes nothing else here (the presets have no dropout).
+        cfg = run_config(marker, ["model.recompute=full", *a.overrides])
         if cfg.parallel.pp != 1 or cfg.parallel.cp != 1:
             raise T3SError("t3s analyze runs in one pipeline stage without context parallelism "
                            "(parallel.pp=1 parallel.cp=1; use parallel.tp to split a large model)")
@@ -101,7 +105,7 @@ class Engine:
         self.tp_group = ps.get_tensor_model_parallel_group()
         self.bundle = build_model(cfg, marker["padded_vocab_size"], self.packed.seq_length)
         self.model = self.bundle.chunks[0]
-        self.model.eval()  # no dropout; gradients still flow
+        self.model.train()  # for the recomputation; Qwen3 has no dropout, so the losses are those of eval()
         self.W = W
         self.mbs = a.micro_batch_size
 
