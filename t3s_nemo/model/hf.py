@@ -265,9 +265,12 @@ def import_(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> Pat
         if tuple(state[name].shape) != tuple(p.shape):
             raise T3SError(f"{hf_dir}: tensor for {name} has shape {tuple(state[name].shape)}, config.json implies "
                            f"{tuple(p.shape)}")
+    dtype = state["embedding.word_embeddings.weight"].dtype
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(state[name].to(p.dtype))
+            p.copy_(state.pop(name).to(p.dtype))  # each HF tensor freed once copied
+    if dtype == torch.bfloat16:  # saved as Qwen3 ships (bf16 -> fp32 -> bf16 is exact): half the disk of fp32
+        model.to(torch.bfloat16)
     tmp = out.with_name(f".{out.name}.tmp")
     W.save_weights(bundle.chunks, tmp, marker)
     if out.exists():

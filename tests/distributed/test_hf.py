@@ -9,7 +9,7 @@ import pytest
 from procs import DEMO, REPO, run_script, t3s
 
 
-def tiny_hf_model(path, tie: bool, vocab_size: int = 512):
+def tiny_hf_model(path, tie: bool, vocab_size: int = 512, dtype=None):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -22,6 +22,8 @@ def tiny_hf_model(path, tie: bool, vocab_size: int = 512):
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
+    if dtype is not None:
+        model.to(dtype)
     model.save_pretrained(path)
     for f in DEMO.joinpath("tokenizer").iterdir():
         shutil.copy(f, path / f.name)
@@ -111,3 +113,22 @@ def test_import_refuses_bad_inputs(tmp_path):
     p = imp(wrong)
     assert p.returncode == 1 and "error:" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path):
+    # Qwen3 ships bf16 weights: the import keeps them bf16 (a 32B init checkpoint of 66 GB, not 131)
+    import torch
+    from safetensors.torch import load_file
+
+    from procs import run
+    from t3s_nemo.checkpoint.consolidate import read_full_state
+
+    hf = tmp_path / "hf"
+    tiny_hf_model(hf, tie=False, dtype=torch.bfloat16)
+    run([*t3s(), "import", str(hf), "--out", str(tmp_path / "ckpt")])
+    state, marker, _ = read_full_state(tmp_path / "ckpt")
+    assert marker["dtype"] == "bfloat16" and {t.dtype for t in state.values()} == {torch.bfloat16}
+    run([*t3s(), "export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")])
+    original, exported = load_file(hf / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert set(exported) == set(original)
+    assert all(exported[k].dtype == torch.bfloat16 and torch.equal(exported[k], original[k]) for k in original)
