@@ -46,6 +46,7 @@ def ensure_packed(cfg: Config, is_main: bool) -> str:
     from t3s_nemo.config import resolve_path
     from t3s_nemo.data.pack import PackOptions, pack
     from t3s_nemo.data.source import Fields
+    from t3s_nemo.training.distributed import long_barrier
 
     if cfg.data.path:
         return resolve_path(cfg.data.path)
@@ -60,8 +61,7 @@ def ensure_packed(cfg: Config, is_main: bool) -> str:
                  PackOptions(seq_length=d.seq_length, on_overflow=d.on_overflow, template=d.template,
                              fields=fields, overwrite=True))
         console.print(s.lines()[0] + f" -> {out}")
-    if dist.is_initialized():
-        dist.barrier()
+    long_barrier()  # rank 0 may pack for longer than the default group's timeout
     cfg.data.path = str(out)
     return str(out)
 
@@ -90,7 +90,9 @@ class Preemption:
 
     def agreed(self) -> bool:
         """True on every rank once any rank was signalled (ranks may see the signal at different steps)."""
-        flag = torch.tensor([1.0 if self.requested else 0.0])
+        from t3s_nemo.training.distributed import collective_device
+
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=collective_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     from t3s_nemo.model.qwen3 import flops_per_token, num_parameters
     from t3s_nemo.training import data as tdata
     from t3s_nemo.training.context_parallel import split_for_context_parallel
-    from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
+    from t3s_nemo.training.distributed import collective_device, init_distributed, init_model_parallel, shutdown
     from t3s_nemo.training.logging import TrajectoryLog, peak_flops, print_line
     from t3s_nemo.training.loss import schedule_shape, t3s_forward_step
     from t3s_nemo.training.setup import build_model, build_optimizer, build_scheduler, vocab_rows, wrap_ddp
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     # statistics (TP ranks duplicate them; CP ranks each hold a share of every micro-batch's tokens)
     reporter = ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
     cp, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+    device = collective_device()  # the step statistics are summed over ranks: on the GPU under NCCL
     # examples padded so that each CP rank's tokens also split over TP ranks under sequence parallelism
     cp_multiple = 2 * cp * (cfg.parallel.tp if bundle.tconfig.sequence_parallel else 1)
     nmb = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
                 dtrain.add_noise(batches, cfg.model.mask_token_id, cfg.model.noise_eps)
             batches = [split_for_context_parallel(b, cp, cp_rank, cp_multiple) for b in batches]
         if moe:  # aux-loss gradient scale = the step's loss tokens / positions, over all DP replicas
-            counts = torch.tensor(tmoe.step_token_counts(batches, dllm), dtype=torch.float64)
+            counts = torch.tensor(tmoe.step_token_counts(batches, dllm), dtype=torch.float64, device=device)
             dist.all_reduce(counts, group=ps.get_data_parallel_group())
             aux_scale.set(*counts.tolist())
         for m in model:
@@ -233,7 +236,9 @@ def main(argv: list[str] | None = None) -> None:
             stats[3] = sum(float(b["response_mask"].sum()) for b in batches)
         if moe:  # every rank holds the aux losses of its own layers and micro-batches
             stats[5] = tmoe.aux_loss_sum()
+        stats = stats.to(device)
         dist.all_reduce(stats)
+        stats = stats.cpu()
         t_ckpt = time.perf_counter()
         ckpt.after_step(model, optimizer, scheduler, step + 1)  # async: only the copy to host and a poll
         seconds = time.perf_counter() - t0

@@ -305,6 +305,8 @@ class CheckpointManager:
         import subprocess
         import sys
 
+        from t3s_nemo.training.distributed import long_barrier
+
         converted = self.run_dir / "init_from_hf"
         if self.is_main and not W.is_complete(converted):
             console.print(f"converting {hf_dir} to {converted} (once per run directory)")
@@ -320,8 +322,7 @@ class CheckpointManager:
             if p.returncode != 0:
                 lines = (p.stderr or p.stdout).strip().splitlines()
                 raise T3SError(f"model.init={hf_dir}: import failed: {lines[-1] if lines else p.returncode}")
-        if dist.is_initialized():
-            dist.barrier()
+        long_barrier()  # converting a 32B model can outlast the default group's timeout
         marker = W.read_marker(converted)
         self._check_compatible(marker, hf_dir)
         return converted

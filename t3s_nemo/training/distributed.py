@@ -54,7 +54,8 @@ def init_distributed(timeout_minutes: int = 30) -> DistEnv:
                 raise RuntimeError("MASTER_PORT is not set for a multi-process run (launch with torchrun or srun)")
             os.environ["MASTER_PORT"] = str(_free_port())
         if cuda:
-            torch.cuda.set_device(local)
+            # srun --gpus-per-task=1 (or GPU binding) shows each task only its own GPU: device 0
+            torch.cuda.set_device(local % torch.cuda.device_count())
         dist.init_process_group(
             backend="nccl" if cuda else "gloo",
             rank=rank,
@@ -62,6 +63,33 @@ def init_distributed(timeout_minutes: int = 30) -> DistEnv:
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
     return DistEnv(rank=rank, world_size=world, local_rank=local, backend=dist.get_backend())
+
+
+_LONG_WAIT = None  # the gloo group of long_barrier
+
+
+def long_barrier(hours: float = 12.0) -> None:
+    """Wait for work rank 0 does alone (packing data.input, converting a Hugging Face model.init).
+
+    On the default group the waiting ranks would give up after its timeout (30 minutes; NCCL's watchdog
+    then ends them), and packing 100k long traces or converting a 32B model can take longer. This waits
+    on a gloo group of its own with a long timeout, on the CPU; a rank that dies still ends the wait at
+    once (gloo sees its connection close). Every rank must call it at the same points.
+    """
+    global _LONG_WAIT
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    if _LONG_WAIT is None:
+        _LONG_WAIT = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=hours))
+    dist.barrier(group=_LONG_WAIT)
+
+
+def collective_device() -> torch.device:
+    """Where tensors for torch.distributed collectives of the default process group must live: NCCL
+    reduces only CUDA tensors (a CPU tensor raises "No backend type associated with device type cpu")."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def init_model_parallel(parallel) -> None:
