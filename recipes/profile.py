@@ -88,7 +88,8 @@ def main(argv=None) -> None:
     bins = PackedBins(packed)
     mine = list(range(dp_rank, len(bins), dp))
     mbs = a.micro_batch_size
-    batches = [collate([bins[b] for b in mine[i : i + mbs]]) for i in range(0, len(mine), mbs)]
+    starts = range(0, len(mine), mbs)  # micro-batches are collated as they are needed: a million bins
+    # collated at once would hold ~1.5 MB each at 32k tokens in host memory, on every rank
     writer = ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
     out_dir = Path(a.out)
     if env.is_main:
@@ -116,10 +117,11 @@ def main(argv=None) -> None:
         bar = progress()
         if env.is_main:
             bar.start()
-        task = bar.add_task(f"log p @ {Path(path).name}", total=len(batches))
+        task = bar.add_task(f"log p @ {Path(path).name}", total=len(starts))
         t0 = time.perf_counter()
         with torch.no_grad():
-            for batch in batches:
+            for i in starts:
+                batch = collate([bins[b] for b in mine[i : i + mbs]])
                 fb(forward_step_func=forward_step, data_iterator=iter([batch]), model=bundle.chunks,
                    num_microbatches=1, forward_only=True,
                    **schedule_shape(bundle.packed_thd, packed.seq_length, len(batch["tokens"])))

@@ -13,6 +13,8 @@ prediction of token t (at position t-1).
 
 from __future__ import annotations
 
+import functools
+
 import os
 import re
 from pathlib import Path
@@ -98,8 +100,10 @@ class PackedDataset:
     def answers(self) -> list[Optional[str]]:
         return self.meta["examples"]["answer"]
 
-    @property
+    @functools.cached_property
     def prompt_lengths(self) -> np.ndarray:
+        # built once: callers index it example by example (rebuilding it per call was quadratic, minutes
+        # per pass over 100k examples); treat as read-only
         return np.asarray(self.meta["examples"]["prompt_length"], dtype=np.int64)
 
     @property
