@@ -23,6 +23,16 @@ def extract_boxed(text: str) -> Optional[str]:
     return _box_content(text, start + len(cmd))
 
 
+def answer_part(text: str) -> Optional[str]:
+    """The part of a response that holds its answer: what follows the last </think> of a reasoning model;
+    None when a <think> block was opened and never closed (cut off by max_new_tokens mid-reasoning: a
+    tentative \\boxed{} in there is no answer); the whole text when there are no think tags."""
+    end = text.rfind("</think>")
+    if end >= 0:
+        return text[end + len("</think>"):]
+    return None if "<think>" in text else text
+
+
 def _box_content(text: str, i: int) -> Optional[str]:
     """Content of the box whose command ends at i: `{...}` with nested braces, or `\\boxed 5` (one token)."""
     if i < len(text) and text[i] == "{":
@@ -65,10 +75,12 @@ def _parse_gold(gold: str):
 
 
 def is_correct(response_text: str, gold: str) -> bool:
-    """True when the response's last \\boxed{} answer is equivalent to gold; no \\boxed{} is wrong."""
+    """True when the response's last \\boxed{} answer (after its reasoning: answer_part) is equivalent to
+    gold; no \\boxed{} is wrong."""
     from math_verify import parse, verify
 
-    content = extract_boxed(response_text)
+    answer = answer_part(response_text)
+    content = extract_boxed(answer) if answer is not None else None
     if content is None or not content:
         return False
     gold_parsed = _parse_gold(str(gold))
