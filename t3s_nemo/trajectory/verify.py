@@ -23,14 +23,14 @@ def extract_boxed(text: str) -> Optional[str]:
     return _box_content(text, start + len(cmd))
 
 
-def answer_part(text: str) -> Optional[str]:
-    """The part of a response that holds its answer: what follows the last </think> of a reasoning model;
-    None when a <think> block was opened and never closed (cut off by max_new_tokens mid-reasoning: a
-    tentative \\boxed{} in there is no answer); the whole text when there are no think tags."""
+def answer_part(text: str) -> str:
+    """The part of a response that holds its answer: what follows the last </think> of a reasoning model
+    (a box left inside the finished reasoning is no answer), else the whole text. A response without
+    </think> (a student that skips it, or one cut off by max_new_tokens) is read whole and its last
+    \\boxed{} counts: the paper's protocol names only the boxed answer, and a collapsed student that boxes
+    an answer without closing <think> is the Imitation Shock's own symptom (docs/bottleneck.md)."""
     end = text.rfind("</think>")
-    if end >= 0:
-        return text[end + len("</think>"):]
-    return None if "<think>" in text else text
+    return text[end + len("</think>"):] if end >= 0 else text
 
 
 def _box_content(text: str, i: int) -> Optional[str]:
@@ -79,8 +79,7 @@ def is_correct(response_text: str, gold: str) -> bool:
     gold; no \\boxed{} is wrong."""
     from math_verify import parse, verify
 
-    answer = answer_part(response_text)
-    content = extract_boxed(answer) if answer is not None else None
+    content = extract_boxed(answer_part(response_text))
     if content is None or not content:
         return False
     gold_parsed = _parse_gold(str(gold))

@@ -65,8 +65,6 @@ def test_equivalent_answers_are_correct(response, gold):
         (r"\boxed{}", "50"),
         (r"\boxed{50", "50"),  # unclosed
         (r"\boxed{50} but wait, \boxed{49}", "50"),  # the last box counts
-        # reasoning cut off by max_new_tokens: a tentative box inside an unclosed <think> is no answer
-        ("<think>\nso it is \\boxed{50}, let me check again", "50"),
         # the answer is what follows the reasoning, not a box inside it
         ("<think>\nmaybe \\boxed{50}\n</think>\n\nThe answer is \\boxed{49}.", "50"),
         ("<think>\nmaybe \\boxed{50}\n</think>\n\nI am not sure.", "50"),
@@ -90,6 +88,8 @@ def test_is_correct_works_outside_the_main_thread():
     "<think>\nfirst try \\boxed{49}\n</think>\n\nThe result is \\boxed{50}.",
     "the prompt opened the think block\n</think>\n\\boxed{50}",  # QwQ-style prompts end with <think>
     "no reasoning tags: \\boxed{50}",
+    # no </think>: read whole, the last box counts (the paper's protocol)
+    "<think>\nso it is \\boxed{50}",
 ])
 def test_the_answer_after_the_reasoning_counts(response):
     assert is_correct(response, "50")
