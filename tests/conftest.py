@@ -45,6 +45,19 @@ def no_chat_tokenizer_dir(tmp_path_factory, demo_tokenizer_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def base_like_tokenizer_dir(tmp_path_factory, demo_tokenizer_dir) -> Path:
+    """The demo tokenizer with eos <|endoftext|>, as Qwen3 Base tokenizers have, while its chat template
+    still ends a turn with <|im_end|>."""
+    out = tmp_path_factory.mktemp("tok_base")
+    for f in demo_tokenizer_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    cfg["eos_token"] = "<|endoftext|>"
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.fixture(scope="session")
 def demo_records() -> list[dict]:
     """The 256 demo training examples as dicts (id, prompt, response, answer)."""
     return [json.loads(line) for line in (DEMO / "train.jsonl").read_text().splitlines() if line.strip()]

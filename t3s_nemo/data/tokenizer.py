@@ -38,3 +38,35 @@ def fingerprint(tok) -> str:
 
 def pad_id(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+_PROBE = "T3S_ANSWER_PROBE"
+
+
+def stop_token_ids(tok) -> list[int]:
+    """Token ids that end an answer: eos, then the chat template's end-of-turn token when it is another.
+
+    A student packed with the chat template learns to end its turn with the template's end-of-turn token
+    (Qwen3's <|im_end|>), and that is not every tokenizer's eos: Qwen3 Base's eos is <|endoftext|>, so
+    sampling that stopped at eos alone would run every answer on to max_new_tokens (and the text past the
+    turn would be verified). The end-of-turn token is read off the template: the first special token
+    after an assistant message's content.
+    """
+    ids = [tok.eos_token_id]
+    if not getattr(tok, "chat_template", None):
+        return ids
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        full = tok.apply_chat_template(msgs, tokenize=False)
+    except Exception:  # a template that needs more than a plain exchange: eos alone
+        return ids
+    at = full.rfind(_PROBE)
+    if at < 0:
+        return ids
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    for i in tok(full[at + len(_PROBE):], add_special_tokens=False)["input_ids"]:
+        if i in special:
+            if i not in ids:
+                ids.append(i)
+            break
+    return ids

@@ -154,7 +154,7 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
 
     from t3s_nemo.checkpoint import weights as W
     from t3s_nemo.checkpoint.consolidate import read_full_state
-    from t3s_nemo.data.tokenizer import fingerprint, load_tokenizer
+    from t3s_nemo.data.tokenizer import fingerprint, load_tokenizer, stop_token_ids
     from t3s_nemo.io import atomic_write_json, check_replaceable, staged_dir
 
     out = Path(out)
@@ -189,7 +189,9 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
         save_file(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(tmp / "config.json", hf_config(shape, vocab, dtype, tok))
         atomic_write_json(tmp / "generation_config.json", {
-            "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+            # every token that ends a turn (tokenizer.stop_token_ids): transformers and vLLM stop at each
+            "bos_token_id": tok.bos_token_id, "eos_token_id": _one_or_list(stop_token_ids(tok)),
+            "pad_token_id": tok.pad_token_id,
             "do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20,
         })
         for name in TOKENIZER_FILES:
@@ -213,6 +215,10 @@ def read_hf_state(hf_dir: Path) -> dict[str, torch.Tensor]:
     for f in files:
         state.update(load_file(str(f)))
     return state
+
+
+def _one_or_list(ids: list[int]):
+    return ids[0] if len(ids) == 1 else ids
 
 
 def _pad_vocab(state: dict[str, torch.Tensor], multiple: int) -> int:

@@ -145,7 +145,7 @@ def _run_transformers(hf_dir: Path, tok, prompts: list[list[int]], n: int, tempe
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
 
-    from t3s_nemo.data.tokenizer import pad_id
+    from t3s_nemo.data.tokenizer import pad_id, stop_token_ids
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # bf16 matmuls are slow on CPU; on GPU keep the checkpoint's dtype
@@ -155,7 +155,7 @@ def _run_transformers(hf_dir: Path, tok, prompts: list[list[int]], n: int, tempe
     except OSError as e:
         raise T3SError(f"{hf_dir}: cannot load the model: {str(e).splitlines()[0]}") from None
     model.to(device).eval()
-    eos, pad = tok.eos_token_id, pad_id(tok)
+    stops, pad = stop_token_ids(tok), pad_id(tok)
     # every sampling knob explicit: generate() fills unset ones from the exported generation_config.json
     # (top_k=20) and transformers' defaults (top_k=50); vLLM's semantics are temperature + top_p only
     sampling = temperature > 0
@@ -163,7 +163,7 @@ def _run_transformers(hf_dir: Path, tok, prompts: list[list[int]], n: int, tempe
     gen = GenerationConfig(
         do_sample=sampling, temperature=temperature if sampling else 1.0, top_p=top_p if sampling else 1.0,
         top_k=0, min_p=None, repetition_penalty=1.0, max_new_tokens=max_new_tokens, num_return_sequences=per_prompt,
-        eos_token_id=eos, pad_token_id=pad, use_cache=True,
+        eos_token_id=stops, pad_token_id=pad, use_cache=True,
     )
     # longest first: batches of similar length waste less compute on padding
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -182,7 +182,7 @@ def _run_transformers(hf_dir: Path, tok, prompts: list[list[int]], n: int, tempe
                 seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen)
             new = seqs[:, width:].cpu().tolist()
             for r, i in enumerate(idx):
-                out[i] = [_sample(tok, new[r * per_prompt + k % per_prompt], eos) for k in range(n)]
+                out[i] = [_sample(tok, new[r * per_prompt + k % per_prompt], stops) for k in range(n)]
             if on_progress:
                 on_progress(len(idx))
     finally:
@@ -193,10 +193,12 @@ def _run_transformers(hf_dir: Path, tok, prompts: list[list[int]], n: int, tempe
     return out  # type: ignore[return-value]
 
 
-def _sample(tok, ids: list[int], eos: int) -> Sample:
-    """Cut a generated row after its first eos; rows without one ran to the end (nothing to cut)."""
-    if eos in ids:
-        ids = ids[: ids.index(eos) + 1]
+def _sample(tok, ids: list[int], stops: list[int]) -> Sample:
+    """Cut a generated row after its first stop token (tokenizer.stop_token_ids); rows without one ran to
+    the end (nothing to cut)."""
+    ends = [ids.index(t) for t in stops if t in ids]
+    if ends:
+        ids = ids[: min(ends) + 1]
     return Sample(text=tok.decode(ids, skip_special_tokens=True), num_tokens=len(ids))
 
 
@@ -221,7 +223,10 @@ def _generate_vllm(hf_dir: Path, prompts: list[list[int]], n: int, temperature: 
     llm = vllm.LLM(model=str(hf_dir), tensor_parallel_size=tp, seed=seed, max_model_len=max_len)
     try:
         # a per-request seed: vLLM gives the n parallel samples of a request seeds seed, seed+1, ...
-        params = vllm.SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+        from t3s_nemo.data.tokenizer import load_tokenizer, stop_token_ids
+
+        params = vllm.SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+                                     stop_token_ids=stop_token_ids(load_tokenizer(hf_dir)))
         results = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         out = [[Sample(text=c.text, num_tokens=len(c.token_ids)) for c in r.outputs] for r in results]
     finally:

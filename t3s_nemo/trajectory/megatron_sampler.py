@@ -26,8 +26,8 @@ def sample_checkpoint(checkpoint: Path, prompts: list[list[int]], n: int, temper
                       tokenizer_dir: Optional[Path] = None):
     """n samples per prompt from a t3s checkpoint (result[i][k] = Sample k of prompt i)."""
     from t3s_nemo.checkpoint import weights as W
-    from t3s_nemo.data.tokenizer import load_tokenizer
-    from t3s_nemo.trajectory.generate import Sample
+    from t3s_nemo.data.tokenizer import load_tokenizer, stop_token_ids
+    from t3s_nemo.trajectory.generate import _sample
 
     checkpoint = Path(checkpoint)
     if not W.is_complete(checkpoint):
@@ -35,7 +35,8 @@ def sample_checkpoint(checkpoint: Path, prompts: list[list[int]], n: int, temper
                        "(a snapshot or checkpoint directory with t3s.json)")
     marker = W.read_marker(checkpoint)
     tok = load_tokenizer(tokenizer_dir or marker.get("tokenizer", ""))
-    eos = tok.eos_token_id
+    stops = stop_token_ids(tok)
+    eos = stops[-1]  # megatron stops at one id: the end of turn the student learned (eos when it is that)
     with tempfile.TemporaryDirectory(prefix="t3s-sample-") as work:
         prompts_file, out_file = Path(work) / "prompts.json", Path(work) / "samples.json"
         prompts_file.write_text(json.dumps(prompts))
@@ -55,5 +56,4 @@ def sample_checkpoint(checkpoint: Path, prompts: list[list[int]], n: int, temper
             last = (errors or lines or ["no output"])[-1]
             raise T3SError(f"{checkpoint}: megatron sampling failed: {last.removeprefix('error:').strip()}")
         result = json.loads(out_file.read_text())
-    return [[Sample(text=tok.decode(ids, skip_special_tokens=True), num_tokens=len(ids)) for ids in ss]
-            for ss in result["samples"]]
+    return [[_sample(tok, ids, stops) for ids in ss] for ss in result["samples"]]

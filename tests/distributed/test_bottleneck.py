@@ -87,9 +87,9 @@ def test_a_sample_ends_at_the_first_eos(demo_tokenizer):
 
     eos = demo_tokenizer.eos_token_id
     body = demo_tokenizer.encode(r"so \boxed{4}", add_special_tokens=False)
-    s = _sample(demo_tokenizer, body + [eos] + body, eos)
+    s = _sample(demo_tokenizer, body + [eos] + body, [eos])
     assert (s.text, s.num_tokens) == (r"so \boxed{4}", len(body) + 1)
-    s = _sample(demo_tokenizer, body, eos)  # ran out of max_new_tokens
+    s = _sample(demo_tokenizer, body, [eos])  # ran out of max_new_tokens
     assert (s.text, s.num_tokens) == (r"so \boxed{4}", len(body))
 
 

@@ -115,7 +115,7 @@ def test_import_refuses_bad_inputs(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path):
+def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path, base_like_tokenizer_dir):
     # Qwen3 ships bf16 weights: the import keeps them bf16 (a 32B init checkpoint of 66 GB, not 131)
     import torch
     from safetensors.torch import load_file
@@ -132,3 +132,9 @@ def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path
     original, exported = load_file(hf / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     assert set(exported) == set(original)
     assert all(exported[k].dtype == torch.bfloat16 and torch.equal(exported[k], original[k]) for k in original)
+    assert json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"] == 2
+    # with a Base-style tokenizer (eos <|endoftext|>, turns end with <|im_end|>) transformers and vLLM must
+    # stop at either
+    run([*t3s(), "export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "base"), "--tokenizer",
+         str(base_like_tokenizer_dir)])
+    assert json.loads((tmp_path / "base" / "generation_config.json").read_text())["eos_token_id"] == [0, 2]
