@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from t3s_nemo.checkpoint import manager
     from t3s_nemo.data.packed import PackedDataset
-    from t3s_nemo.model.qwen3 import flops_per_token, num_parameters
+    from t3s_nemo.model.qwen3 import num_parameters, step_flops
     from t3s_nemo.training import data as tdata
     from t3s_nemo.training.context_parallel import split_for_context_parallel
     from t3s_nemo.training.distributed import collective_device, init_distributed, init_model_parallel, shutdown
@@ -176,7 +176,6 @@ def main(argv: list[str] | None = None) -> None:
     # examples padded so that each CP rank's tokens also split over TP ranks under sequence parallelism
     cp_multiple = 2 * cp * (cfg.parallel.tp if bundle.tconfig.sequence_parallel else 1)
     nmb = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
-    flops_tok = flops_per_token(bundle.shape, bundle.vocab_size, packed.seq_length)
     peak = peak_flops()
     log = TrajectoryLog(run_dir, start, cfg.train.tensorboard, cfg.train.wandb_project,
                         {"config": to_yaml(cfg)}) if env.is_main else None
@@ -202,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(start, end):
         t0 = time.perf_counter()
         batches = tdata.micro_batches(bins, sampler, step, dp_rank, dp, cfg.train.micro_batch_size)
+        sum_sq = tdata.sum_sq_lengths(batches)  # the attention work (MFU), of whole examples: before a CP split
         if dllm:  # the step's noise is a function of (seed, step, dp rank): resume redraws it exactly
             dtrain.add_noise_seeds(batches, cfg.train.seed, step, dp_rank)
         if cp > 1:  # each CP rank keeps its share of every example (noise drawn first, per example)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         ok, grad_norm, _ = optimizer.step()
         scheduler.step(increment=1)
 
-        stats = torch.zeros(6, dtype=torch.float64)
+        stats = torch.zeros(7, dtype=torch.float64)
         if reporter:
             for r in reports:
                 stats[:2] += r["loss_sum_and_count"].double().cpu()
@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
                     stats[4] += float(r["noised_tokens"])
             stats[2] = sum(float((b["segment_ids"] >= 0).sum()) for b in batches)
             stats[3] = sum(float(b["response_mask"].sum()) for b in batches)
+            stats[6] = sum_sq / cp  # every CP rank of a replica saw the same whole examples
         if moe:  # every rank holds the aux losses of its own layers and micro-batches
             stats[5] = tmoe.aux_loss_sum()
         stats = stats.to(device)
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - t0
         ckpt_seconds = time.perf_counter() - t_ckpt
         if env.is_main:
-            loss_sum, count, tokens, response, noised, aux = stats.tolist()
+            loss_sum, count, tokens, response, noised, aux, sum_sq_all = stats.tolist()
             tps = tokens / seconds
             rec = {
                 "step": step + 1,
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
                 "trained_tokens": int(count),
                 "tokens": int(tokens),
                 "tokens_per_s": tps,
-                "mfu": tps * flops_tok / (peak * env.world_size) if peak else None,
+                "mfu": (step_flops(bundle.shape, bundle.vocab_size, tokens, sum_sq_all, bidirectional=dllm)
+                        / seconds / (peak * env.world_size)) if peak else None,
                 # AR: the fraction of response tokens the T3S mask drops; dllm: the realised noised fraction
                 "masked_fraction": (noised if dllm else response - count) / response if response else 0.0,
                 "epoch": sampler.epoch_of(step + 1),

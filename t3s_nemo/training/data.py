@@ -88,3 +88,14 @@ def micro_batches(bins: PackedBins, sampler: StepSampler, step: int, dp_rank: in
 
 def iterate(batches: list) -> Iterator:
     return iter(batches)
+
+
+def sum_sq_lengths(batches: list[dict]) -> float:
+    """Sum of squared example lengths over collated micro-batches (padding excluded): what attention
+    within packed examples costs (t3s_nemo.model.qwen3.step_flops)."""
+    total = 0.0
+    for b in batches:
+        for row in b["segment_ids"]:
+            _, counts = torch.unique_consecutive(row[row >= 0], return_counts=True)
+            total += float((counts.double() ** 2).sum())
+    return total
