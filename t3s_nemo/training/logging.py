@@ -15,7 +15,8 @@ from t3s_nemo.console import console
 from t3s_nemo.io import atomic_write_text
 
 # Dense bf16 peak FLOP/s per GPU, for the MFU estimate (no sparsity).
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "B200": 2250e12, "GH200": 989e12}
+PEAK_BF16_FLOPS = {"H100": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H800": 989e12,
+                   "A100": 312e12, "B200": 2250e12, "GH200": 989e12}  # the longest name that matches wins
 
 
 def peak_flops() -> Optional[float]:
