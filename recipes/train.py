@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     from t3s_nemo.model.qwen3 import num_parameters, step_flops
     from t3s_nemo.training import data as tdata
     from t3s_nemo.training.context_parallel import split_for_context_parallel
-    from t3s_nemo.training.distributed import collective_device, init_distributed, init_model_parallel, shutdown
+    from t3s_nemo.training.distributed import (collective_device, init_distributed, init_model_parallel, rank0_says,
+                                               shutdown)
     from t3s_nemo.training.logging import TrajectoryLog, peak_flops, print_line
     from t3s_nemo.training.loss import schedule_shape, t3s_forward_step
     from t3s_nemo.training.setup import build_model, build_optimizer, build_scheduler, vocab_rows, wrap_ddp
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    rows = vocab_rows(vocab, cfg.parallel.tp, *manager.inherited_vocab_rows(run_dir, cfg.resume, cfg.model.init))
+    inherited = rank0_says(manager.inherited_vocab_rows(run_dir, cfg.resume, cfg.model.init))
+    rows = vocab_rows(vocab, cfg.parallel.tp, *inherited)
     bundle = build_model(cfg, rows, packed.seq_length, bidirectional=dllm)
     forward_step = partial(forward_step, thd=bundle.packed_thd)  # not re-detected per micro-batch
     ckpt = manager.CheckpointManager(run_dir, cfg.checkpoint, bundle, packed, cfg)

@@ -243,15 +243,16 @@ class CheckpointManager:
         """Load the latest complete full checkpoint; returns the step to continue from (0 if none)."""
         from megatron.core import dist_checkpointing
 
+        from t3s_nemo.training.distributed import rank0_says
         from t3s_nemo.training.setup import unwrap
 
         incomplete = [p for _, p in step_dirs(self.checkpoints, complete_only=False) if not W.is_complete(p)]
         if incomplete and self.is_main:
             console.print(f"[yellow]ignoring interrupted checkpoint save(s):[/] {', '.join(p.name for p in incomplete)}")
-        done = step_dirs(self.checkpoints)
-        if not done:
+        latest = rank0_says(step_dirs(self.checkpoints)[-1:])  # every rank loads the same one
+        if not latest:
             return 0
-        step, path = done[-1]
+        step, path = latest[0]
         marker = W.read_marker(path)
         self._check_compatible(marker, path)
         chunks = unwrap(model)

@@ -84,6 +84,17 @@ def long_barrier(hours: float = 12.0) -> None:
     dist.barrier(group=_LONG_WAIT)
 
 
+def rank0_says(value):
+    """Rank 0's value on every rank. For what each rank would otherwise read off a shared file system on
+    its own (the latest complete checkpoint): one whose attribute cache lags (NFS) could make the ranks
+    disagree, and load different steps or build different vocabularies."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def collective_device() -> torch.device:
     """Where tensors for torch.distributed collectives of the default process group must live: NCCL
     reduces only CUDA tensors (a CPU tensor raises "No backend type associated with device type cpu")."""
