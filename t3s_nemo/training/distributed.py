@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from t3s_nemo.devices import install_cpu_mode
+from t3s_nemo.errors import T3SError
 
 
 @dataclass
@@ -48,10 +49,12 @@ def init_distributed(timeout_minutes: int = 30) -> DistEnv:
     if not cuda:
         install_cpu_mode()
     if not dist.is_initialized():
+        if world > 1 and not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):
+            # srun without them would wait forever on 127.0.0.1 (on a single node, the wrong port)
+            raise T3SError(f"{world} processes but no MASTER_ADDR/MASTER_PORT: launch with torchrun, or under "
+                           "srun from a script that exports them (slurm/*.sbatch do: docs/cluster.md)")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         if "MASTER_PORT" not in os.environ:
-            if world > 1:
-                raise RuntimeError("MASTER_PORT is not set for a multi-process run (launch with torchrun or srun)")
             os.environ["MASTER_PORT"] = str(_free_port())
         if cuda:
             # srun --gpus-per-task=1 (or GPU binding) shows each task only its own GPU: device 0
