@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from t3s_nemo.io import atomic_write_json
+
 os.environ.setdefault("T3S_NO_PROGRESS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,8 +175,7 @@ def main() -> None:
     print(f"pre-tokenised: {json.dumps(result['pretokenised'])}", file=sys.stderr)
     result["end_to_end"] = bench_end_to_end(int(e2e_tokens), args.seq_length, args.seed)
     print(f"end-to-end:    {json.dumps(result['end_to_end'])}", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(f"wrote {args.out}", file=sys.stderr)
 
 

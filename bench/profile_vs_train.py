@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
 
+from t3s_nemo.io import atomic_write_json  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,9 +60,7 @@ def main() -> None:
         "target": 2.5,
         "machine": machine_info(),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(Path(a.out), result)
     print(json.dumps({k: result[k] for k in ("train_tokens_per_s", "profile_tokens_per_s", "profile_over_train")}, indent=2))
 
 

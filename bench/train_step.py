@@ -40,7 +40,9 @@ def main() -> None:
 
     from t3s_nemo.data.dataset import PackedBins, collate
     from t3s_nemo.data.packed import PackedDataset
-    from t3s_nemo.model.qwen3 import flops_per_token
+    from t3s_nemo.io import atomic_write_json
+    from t3s_nemo.model.qwen3 import step_flops
+    from t3s_nemo.training.data import sum_sq_lengths
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel
     from t3s_nemo.training.logging import peak_flops
     from t3s_nemo.training.loss import t3s_forward_step
@@ -67,6 +69,7 @@ def main() -> None:
         m["loss_weight"] = b["loss_weight"] * keep
         masked.append(m)
     tokens_per_step = sum(int((b["segment_ids"] >= 0).sum()) for b in plain)
+    flops_per_step = step_flops(bundle.shape, bundle.vocab_size, tokens_per_step, sum_sq_lengths(plain))
 
     def step(batches) -> float:
         t0 = time.perf_counter()
@@ -99,13 +102,11 @@ def main() -> None:
         "masked_over_unmasked": med["masked"] / med["unmasked"],
         "target_masked_over_unmasked": 1.01,
         "tokens_per_s": tps,
-        "mfu": tps * flops_per_token(bundle.shape, bundle.vocab_size, packed.seq_length) / peak if peak else None,
+        "mfu": flops_per_step / med["unmasked"] / peak if peak else None,  # as the training log counts it
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "machine": machine_info(),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(Path(a.out), result)
     print(json.dumps({k: result[k] for k in ("median_step_s", "masked_over_unmasked", "tokens_per_s", "mfu")}, indent=2))
 
 

@@ -92,8 +92,9 @@ class Engine:
         marker = W.read_marker(a.checkpoint[0])
         # full activation recomputation unless told otherwise: the gradients of a 32B student at 16k tokens
         # would keep ~70 GB of activations per GPU without it, beside two gradient copies. megatron
-        # recomputes only in training mode, which changes nothing else here (the presets have no dropout).
-        cfg = run_config(marker, ["model.recompute=full", *a.overrides])
+        # recomputes only in training mode, which changes nothing else here: the presets have no dropout,
+        # and an MoE router would add its load-balancing loss to every gradient, so its coefficient is 0.
+        cfg = run_config(marker, ["model.recompute=full", "model.moe_aux_loss_coeff=0", *a.overrides])
         if cfg.parallel.pp != 1 or cfg.parallel.cp != 1:
             raise T3SError("t3s analyze runs in one pipeline stage without context parallelism "
                            "(parallel.pp=1 parallel.cp=1; use parallel.tp to split a large model)")

@@ -54,10 +54,14 @@ def main(argv=None) -> None:
         W.load_weights(bundle.chunks, a.final)
         for d, p in zip(acc, params):
             d.add_(p.detach().float())
+        # buffers (an MoE router's expert_bias) are theta_f's, as the parameters' residual is: kept aside
+        buffers = [b.detach().clone() for c in bundle.chunks for b in c.buffers()]
         W.load_weights(bundle.chunks, a.base)
         for d, p in zip(acc, params):
             p.copy_((p.detach().float() + d).to(p.dtype))
-        del acc
+        for saved, b in zip(buffers, [b for c in bundle.chunks for b in c.buffers()]):
+            b.copy_(saved)
+        del acc, buffers
     marker = dict({k: v for k, v in markers[2].items() if k != "saved_layout"}, kind=W.KIND_WEIGHTS,
                   rrt={"base": a.base, "bottleneck": a.bottleneck, "final": a.final,
                        "bottleneck_step": markers[1].get("step"), "final_step": markers[2].get("step")})

@@ -162,7 +162,7 @@ def main(argv=None) -> None:
 def kv_row_bytes(shape, tp: int, max_len: int, dtype: torch.dtype) -> int:
     """Bytes of one row's KV cache on a TP rank, as megatron-core's static inference context allocates it
     (Attention._allocate_memory): K and V of [max_len, groups on this rank, head_dim] in every layer."""
-    groups = max(1, shape.num_query_groups // tp)  # tp > groups: every rank keeps one (replicated) group
+    groups = max(1, shape.num_query_groups // tp)  # tp > groups: a rank keeps one replicated group
     return 2 * shape.num_layers * max_len * groups * shape.head_dim * torch.finfo(dtype).bits // 8
 
 

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    inherited = rank0_says(manager.inherited_vocab_rows(run_dir, cfg.resume, cfg.model.init))
+    inherited = rank0_says(lambda: manager.inherited_vocab_rows(run_dir, cfg.resume, cfg.model.init))
     rows = vocab_rows(vocab, cfg.parallel.tp, *inherited)
     bundle = build_model(cfg, rows, packed.seq_length, bidirectional=dllm)
     forward_step = partial(forward_step, thd=bundle.packed_thd)  # not re-detected per micro-batch

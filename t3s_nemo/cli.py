@@ -504,7 +504,8 @@ def plan(
               f"(tp={p.tp} pp={p.pp} cp={p.cp}), recompute={cfg.model.recompute}")
     out.print(P.table(rows, gpu_memory))
     if any(r.cp > 1 for r in rows):
-        out.print(f"cp > 1 rows: model.spec {spec}" + (" (auto: no Transformer Engine here)" if cfg.model.spec == "auto" else "")
+        auto = " (auto: no Transformer Engine here)" if cfg.model.spec == "auto" and spec == "sdpa" else ""
+        out.print(f"cp > 1 rows: model.spec {spec}{auto}"
                   + (", whose context parallelism all-gathers K and V: counted in activ" if gathered_kv
                      else ": ring attention, no all-gathered K and V"))
 

@@ -141,8 +141,7 @@ def load_full_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     init_distributed()
     init_model_parallel(cfg.parallel)
     vocab = marker["padded_vocab_size"]
-    # build_model pads the vocabulary again; the stored size is already a multiple of 128
-    bundle = build_model(cfg, vocab, 128)
+    bundle = build_model(cfg, vocab, 128)  # the checkpoint's own rows (setup.vocab_rows)
     W.load_weights(bundle.chunks, path)
     state = {k: v.detach().clone() for k, v in bundle.chunks[0].state_dict().items() if not k.endswith("_extra_state")}
     return state, marker, bundle.shape

@@ -44,10 +44,11 @@ def step_dirs(parent: Path, complete_only: bool = True) -> list[tuple[int, Path]
     return sorted(out)
 
 
-def inherited_vocab_rows(run_dir: Path, resume: str, init: str) -> tuple[Optional[int], str]:
-    """(vocabulary rows, where from) of the weights a run will start from: its latest complete full
-    checkpoint (resume=auto), else model.init (a t3s checkpoint, or a Hugging Face directory); (None, "")
-    for random init. See t3s_nemo.training.setup.vocab_rows."""
+def inherited_vocab_rows(run_dir: Path, resume: str, init: str) -> tuple[Optional[int], str, Optional[int]]:
+    """(vocabulary rows, where from, rows that hold trained ids) of the weights a run will start from: its
+    latest complete full checkpoint (resume=auto), else model.init (a t3s checkpoint, or a Hugging Face
+    directory, whose config.json vocab_size `t3s import` pads to 128); (None, "", None) for random init.
+    See t3s_nemo.training.setup.vocab_rows."""
     from t3s_nemo.config import resolve_path
     from t3s_nemo.io import read_json
     from t3s_nemo.model.qwen3 import padded_vocab_size
@@ -55,17 +56,19 @@ def inherited_vocab_rows(run_dir: Path, resume: str, init: str) -> tuple[Optiona
     if resume == "auto":
         done = step_dirs(Path(run_dir) / "checkpoints")
         if done:
-            return W.read_marker(done[-1][1]).get("padded_vocab_size"), str(done[-1][1])
+            rows = W.read_marker(done[-1][1]).get("padded_vocab_size")
+            return rows, str(done[-1][1]), rows
     if not init:
-        return None, ""
+        return None, "", None
     path = Path(resolve_path(init))
     if (path / W.MARKER).is_file():
-        return W.read_marker(path).get("padded_vocab_size"), f"model.init {path}"
+        rows = W.read_marker(path).get("padded_vocab_size")
+        return rows, f"model.init {path}", rows
     if (path / "config.json").is_file():
         vocab = read_json(path / "config.json", "Hugging Face config.json").get("vocab_size")
         if isinstance(vocab, int) and vocab > 0:
-            return padded_vocab_size(vocab, 1), f"model.init {path}"  # as `t3s import` pads it
-    return None, ""  # load_init says what is wrong with it
+            return padded_vocab_size(vocab, 1), f"model.init {path}", vocab  # padded as `t3s import` does
+    return None, "", None  # load_init says what is wrong with it
 
 
 def start_write_queue() -> None:
@@ -249,7 +252,7 @@ class CheckpointManager:
         incomplete = [p for _, p in step_dirs(self.checkpoints, complete_only=False) if not W.is_complete(p)]
         if incomplete and self.is_main:
             console.print(f"[yellow]ignoring interrupted checkpoint save(s):[/] {', '.join(p.name for p in incomplete)}")
-        latest = rank0_says(step_dirs(self.checkpoints)[-1:])  # every rank loads the same one
+        latest = rank0_says(lambda: step_dirs(self.checkpoints)[-1:])  # every rank loads the same one
         if not latest:
             return 0
         step, path = latest[0]

@@ -15,7 +15,7 @@ weight; the distributed optimizer shards expert state over the expert-data-paral
 layers: routed tokens are held topk times at moe_ffn_hidden_size instead of once at ffn_hidden_size).
 
 Context parallelism with the sdpa spec all-gathers K and V (t3s_nemo/model/attention.py), so each rank
-also holds the rest of the micro-batch's K and V, which `estimate(gathered_kv=True)` adds; Transformer
+also holds the whole micro-batch's K and V, which `estimate(gathered_kv=True)` adds; Transformer
 Engine's ring attention passes them around instead and holds at most a couple of chunks.
 """
 
@@ -152,8 +152,9 @@ def estimate(shape: Shape, vocab: int, tp: int, pp: int, cp: int, dp: int, seq_l
     """params: (first-stage, last-stage) parameters of one rank, e.g. from meta_rank_params; default the
     closed form. vocab is the padded vocabulary. ep: expert-parallel size (MoE shapes). gathered_kv: the
     attention all-gathers K and V over the CP ranks (the sdpa spec's context parallelism), so with cp > 1
-    each rank also holds the whole micro-batch's K and V: kept for backward in every layer in flight
-    without recomputation, one layer at a time with selective or full recomputation (recomputed)."""
+    each rank also holds the whole micro-batch's K and V (every example's, concatenated for SDPA): kept
+    for backward in every layer in flight without recomputation, one layer at a time with selective or
+    full recomputation (recomputed)."""
     first, last = params or rank_params(shape, vocab, tp, pp, ep)
     stage = 0 if first >= last else 1
     params = max(first, last)
@@ -176,8 +177,9 @@ def estimate(shape: Shape, vocab: int, tp: int, pp: int, cp: int, dp: int, seq_l
     layers_in_flight = shape.num_layers  # (num_layers / pp) layers x pp micro-batches on stage 0
     activations = per_layer * layers_in_flight
     if gathered_kv and cp > 1:
-        # the (cp - 1) / cp of the K and V that other ranks computed: 2 x groups x head_dim per token
-        kv = 2 * seq_length * (cp - 1) / cp * b * shape.num_query_groups / tp * shape.head_dim * wbytes
+        # each example's K and V, put together from every rank's chunks (its own included) for SDPA,
+        # which keeps them for backward: 2 x groups x head_dim per token of the whole micro-batch
+        kv = 2 * seq_length * b * shape.num_query_groups / tp * shape.head_dim * wbytes
         activations += kv * (layers_in_flight if recompute == "none" else 1)
     logits = 2 * s * b * vocab * 4 / tp  # fp32 logits and their gradient on the last stage
     return RankMemory(tp, pp, cp, dp, seq_length, params, weights, grads, optimizer, activations, logits)

@@ -44,6 +44,7 @@ def read_env() -> tuple[int, int, int]:
 
 def init_distributed(timeout_minutes: int = 30) -> DistEnv:
     """Start the process group (nccl on GPU, gloo with the CPU mode otherwise). Idempotent."""
+    global _LONG_WAIT
     rank, world, local = read_env()
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -65,13 +66,16 @@ def init_distributed(timeout_minutes: int = 30) -> DistEnv:
             world_size=world,
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
+    if _LONG_WAIT is None and dist.get_world_size() > 1:  # made now, while every rank is here (long_barrier)
+        _LONG_WAIT = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=LONG_WAIT_HOURS))
     return DistEnv(rank=rank, world_size=world, local_rank=local, backend=dist.get_backend())
 
 
 _LONG_WAIT = None  # the gloo group of long_barrier
+LONG_WAIT_HOURS = 12
 
 
-def long_barrier(hours: float = 12.0) -> None:
+def long_barrier() -> None:
     """Wait for work rank 0 does alone (packing data.input, converting a Hugging Face model.init).
 
     On the default group the waiting ranks would give up after its timeout (30 minutes; NCCL's watchdog
@@ -79,23 +83,29 @@ def long_barrier(hours: float = 12.0) -> None:
     on a gloo group of its own with a long timeout, on the CPU; a rank that dies still ends the wait at
     once (gloo sees its connection close). Every rank must call it at the same points.
     """
-    global _LONG_WAIT
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
-    if _LONG_WAIT is None:
-        _LONG_WAIT = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=hours))
     dist.barrier(group=_LONG_WAIT)
 
 
-def rank0_says(value):
-    """Rank 0's value on every rank. For what each rank would otherwise read off a shared file system on
-    its own (the latest complete checkpoint): one whose attribute cache lags (NFS) could make the ranks
-    disagree, and load different steps or build different vocabularies."""
+def rank0_says(compute):
+    """compute() on rank 0, its result (or its T3SError, raised) on every rank. For what each rank would
+    otherwise read off a shared file system on its own (the latest complete checkpoint): one whose
+    attribute cache lags (NFS) could make the ranks disagree, and load different steps or build
+    different vocabularies. A user error on rank 0 ends every rank, not only rank 0."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    box = [value]
+        return compute()
+    box = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", compute())]
+        except T3SError as e:
+            box = [("error", str(e))]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    status, value = box[0]
+    if status == "error":
+        raise T3SError(value)
+    return value
 
 
 def collective_device() -> torch.device:
@@ -125,5 +135,7 @@ def shutdown() -> None:
 
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
+    global _LONG_WAIT
     if dist.is_initialized():
         dist.destroy_process_group()
+    _LONG_WAIT = None

@@ -32,7 +32,8 @@ def run_dtype(cfg: Config) -> torch.dtype:
     return torch.bfloat16 if p == "bf16" else torch.float32
 
 
-def vocab_rows(tokens: int, tp: int, inherited: Optional[int] = None, source: str = "") -> int:
+def vocab_rows(tokens: int, tp: int, inherited: Optional[int] = None, source: str = "",
+               trained: Optional[int] = None) -> int:
     """The model's vocabulary rows (embedding and output layer) for `tokens` token ids at tensor parallel tp.
 
     A model keeps the rows of the weights it starts from (`inherited`: a checkpoint's padded_vocab_size,
@@ -40,13 +41,16 @@ def vocab_rows(tokens: int, tp: int, inherited: Optional[int] = None, source: st
     Qwen3 checkpoints have 151,936 rows for a 151,669-token tokenizer, and re-padding them to 128 x tp
     (152,576 at tp=8) would change the model and refuse its weights; Megatron-Bridge keeps them too.
     Only a model with nothing to inherit (random init) gets the tokenizer's vocabulary padded to a
-    multiple of 128 x tp, Megatron-LM's make_vocab_size_divisible_by.
+    multiple of 128 x tp, Megatron-LM's make_vocab_size_divisible_by. `trained`: the rows that hold trained
+    ids (a Hugging Face config's vocab_size, before the import's zero padding); the tokenizer's ids must
+    fit in them.
     """
     if inherited is None:
         return qwen3.padded_vocab_size(tokens, tp)
-    if inherited < tokens:
-        raise T3SError(f"{source}: {inherited} vocabulary rows, fewer than the {tokens} token ids of the "
-                       "dataset's tokenizer; was it made with another tokenizer?")
+    trained = inherited if trained is None else trained
+    if trained < tokens:
+        raise T3SError(f"{source}: {trained} vocabulary rows, fewer than the {tokens} token ids the run needs "
+                       "(the dataset's tokenizer, and a dLLM's mask token); was it made with another tokenizer?")
     return inherited
 
 

@@ -253,9 +253,15 @@ def evaluate_snapshot(snapshot: Path, step: int, prompts: list[list[int]], answe
     }
 
 
+# what a sample's score depends on besides the settings: 2 = stop at the template's end of turn too, and
+# read the answer after </think> (older saved results are evaluated again)
+SCORING = 2
+
+
 def result_key(gen: dict, ids: list[str]) -> dict:
-    """What a saved per-snapshot result must match to be reused: sampling settings and prompt ids."""
-    return {"generation": {k: gen[k] for k in ("n", "temperature", "top_p", "max_new_tokens", "seed")}, "ids": ids}
+    """What a saved per-snapshot result must match to be reused: sampling settings, prompt ids, scoring."""
+    return {"generation": {k: gen[k] for k in ("n", "temperature", "top_p", "max_new_tokens", "seed")}, "ids": ids,
+            "scoring": SCORING}
 
 
 def load_result(path: Path, key: dict) -> Optional[dict]:
@@ -266,7 +272,7 @@ def load_result(path: Path, key: dict) -> Optional[dict]:
         r = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if r.get("generation") != key["generation"] or r.get("ids") != key["ids"]:
+    if any(r.get(k) != key[k] for k in ("generation", "ids", "scoring")):
         return None
     return r
 
@@ -287,7 +293,7 @@ def evaluate_cached(snapshots: Sequence[tuple[int, Path]], results_dir: Path, pr
         r = load_result(out, key)
         if r is None:
             if out.exists():
-                console.print(f"{label} {step}: saved result used other generation settings or prompts; evaluating again")
+                console.print(f"{label} {step}: saved result used other generation settings, prompts or scoring; evaluating again")
             task = bar.add_task(f"{label} {step}: export", total=len(prompts))
             r = evaluate_snapshot(
                 snap, step, prompts, answers, gen, tokenizer_dir, results_dir,

@@ -39,7 +39,7 @@ def test_profile_job_runs_in_the_runs_layout_and_adds_the_channels(slurm_cluster
     why = cluster.diagnostics(job, log)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", why
     text = log.read_text()
-    assert "the run's layout parallel.tp=2 parallel.pp=1" in text, why
+    assert "layout parallel.tp=2 parallel.pp=1" in text, why
     assert "tp=2 pp=1 dp=1" in text, why  # the recipe's banner: both tasks hold one model
     ds = PackedDataset(data)
     assert {"logp0", "logpb", "delta"} <= set(ds.channels), why

@@ -138,6 +138,9 @@ def test_saved_results_are_reused_only_with_the_same_settings_and_prompts(tmp_pa
     assert load_result(path, result_key({**gen, "n": 4}, ["a", "b"])) is None
     assert load_result(path, result_key({**gen, "seed": 1}, ["a", "b"])) is None
     assert load_result(path, result_key(gen, ["a", "c"])) is None
+    # a result scored before the end-of-turn stop and the </think> rule is evaluated again
+    path.write_text(json.dumps({"step": 3, "accuracy": 0.5, **{k: v for k, v in key.items() if k != "scoring"}}))
+    assert load_result(path, key) is None
     path.write_text('{"step": 3, "accur')  # cut short
     assert load_result(path, key) is None
     assert load_result(tmp_path / "step_4.json", key) is None

@@ -111,13 +111,14 @@ def test_shipped_llada2_mini_config_fits_one_8xh100_node():
 
 @pytest.mark.parametrize("recompute,layers", [("none", 64), ("selective", 1), ("full", 1)])
 def test_sdpa_context_parallelism_counts_the_gathered_keys_and_values(recompute, layers):
-    # the sdpa spec's CP all-gathers K and V: each rank also holds the other ranks' (cp - 1) / cp share,
-    # 2 x groups / tp x head_dim values per token, kept in every layer unless recomputed
+    # the sdpa spec's CP all-gathers K and V and concatenates every example's for SDPA: each rank also
+    # holds the whole micro-batch's, 2 x groups / tp x head_dim values per token, kept in every layer
+    # unless recomputed
     shape = PRESETS["qwen3_32b"]
     vocab = padded_vocab_size(151669, 8)
     args = (shape, vocab, 8, 2, 2, 1, 16384, 1, recompute)
     ring, gathered = plan.estimate(*args), plan.estimate(*args, gathered_kv=True)
-    kv = 2 * 16384 / 2 * shape.num_query_groups // 8 * shape.head_dim * 2  # bf16
+    kv = 2 * 16384 * shape.num_query_groups // 8 * shape.head_dim * 2  # bf16
     assert gathered.activations - ring.activations == pytest.approx(kv * layers)
     one = (shape, vocab, 8, 2, 1, 2, 16384, 1, recompute)
     assert plan.estimate(*one, gathered_kv=True).activations == plan.estimate(*one).activations
