@@ -42,6 +42,18 @@ def read_env() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def _device_index(local: int) -> int:
+    """This process's GPU: its local rank, or 0 where srun binds one GPU to each task (--gpus-per-task=1
+    shows a task only its own). More processes than GPUs is an error, not several ranks on one GPU."""
+    count = torch.cuda.device_count()
+    if local < count:
+        return local
+    if count == 1 and "LOCAL_RANK" not in os.environ and "SLURM_LOCALID" in os.environ:
+        return 0
+    raise T3SError(f"local rank {local}, but {count} GPU(s) visible to it: start at most {count} process(es) per "
+                   "node (--nproc-per-node, srun --ntasks-per-node, or generation.tp for sampling)")
+
+
 def init_distributed(timeout_minutes: int = 30) -> DistEnv:
     """Start the process group (nccl on GPU, gloo with the CPU mode otherwise). Idempotent."""
     global _LONG_WAIT
@@ -58,8 +70,7 @@ def init_distributed(timeout_minutes: int = 30) -> DistEnv:
         if "MASTER_PORT" not in os.environ:
             os.environ["MASTER_PORT"] = str(_free_port())
         if cuda:
-            # srun --gpus-per-task=1 (or GPU binding) shows each task only its own GPU: device 0
-            torch.cuda.set_device(local % torch.cuda.device_count())
+            torch.cuda.set_device(_device_index(local))
         dist.init_process_group(
             backend="nccl" if cuda else "gloo",
             rank=rank,

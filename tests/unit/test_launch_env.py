@@ -26,3 +26,27 @@ def test_srun_tasks_without_a_rendezvous_address_are_one_clear_error():
 
 def test_one_process_needs_no_rendezvous_address():
     assert _start().returncode == 0
+
+
+def test_each_process_gets_its_own_gpu_or_a_clear_error(monkeypatch):
+    # the device choice alone, for a machine with a given number of visible GPUs (none here)
+    import pytest
+    import torch
+
+    from t3s_nemo.errors import T3SError
+    from t3s_nemo.training.distributed import _device_index
+
+    for k in ("LOCAL_RANK", "SLURM_LOCALID"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert [_device_index(i) for i in range(8)] == list(range(8))
+    with pytest.raises(T3SError, match="local rank 8, but 8 GPU"):
+        _device_index(8)
+    # srun --gpus-per-task=1: each task sees one GPU, whatever its local id
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("SLURM_LOCALID", "5")
+    assert _device_index(5) == 0
+    # torchrun with more processes than GPUs would pile them onto one
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    with pytest.raises(T3SError, match="start at most 1 process"):
+        _device_index(5)
