@@ -15,8 +15,9 @@
 # Resources are sbatch options, per stage (split on whitespace) and for every job:
 #   T3S_SBATCH_ARGS             every job, e.g. "--partition=batch --account=me"
 #   T3S_TRAIN_SBATCH_ARGS       sft and retraining, e.g. "--nodes=2 --ntasks-per-node=8 --gpus-per-node=8 --time=04:00:00"
-#   T3S_BOTTLENECK_SBATCH_ARGS  sampling, per array task: generation.tp GPUs, e.g. "--gpus=8 --time=02:00:00"
-#                               for configs/qwen3_32b (tp 8), "--gpus=1 ..." for an 8B student
+#   T3S_BOTTLENECK_SBATCH_ARGS  sampling, per array task: generation.tp GPUs, e.g. "--gpus=8 --mem=200G
+#                               --time=02:00:00" for configs/qwen3_32b (tp 8; each snapshot is exported on the
+#                               host first, ~100 GB for 32B), "--gpus=1 ..." for an 8B student
 #   T3S_BOTTLENECK_TASKS        array tasks sampling the snapshots side by side (default: one per
 #                               evaluated snapshot, at most 8; 1 = a single job); a one-process job after
 #                               the array picks theta_b
