@@ -36,8 +36,10 @@ def read_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank): torchrun's variables, else Slurm's (srun), else one process."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
-        # srun with one task per GPU: the sbatch script exports MASTER_ADDR/MASTER_PORT
+    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and "SLURM_STEP_ID" in os.environ:
+        # srun with one task per GPU: the sbatch script exports MASTER_ADDR/MASTER_PORT. The batch script
+        # itself (no SLURM_STEP_ID) is one process, whatever the job's task count: rank 0 of N would wait
+        # for N - 1 ranks that nothing starts
         return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
     return 0, 1, 0
 

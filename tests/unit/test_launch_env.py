@@ -19,13 +19,16 @@ def _start(**env):
 
 def test_srun_tasks_without_a_rendezvous_address_are_one_clear_error():
     # rank 0 of 2 srun tasks would otherwise wait forever for a peer on 127.0.0.1
-    p = _start(SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_LOCALID="0")
+    p = _start(SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_LOCALID="0", SLURM_STEP_ID="0")
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert "2 processes but no MASTER_ADDR/MASTER_PORT" in p.stderr
 
 
 def test_one_process_needs_no_rendezvous_address():
     assert _start().returncode == 0
+    # the batch script of a 2-task job (no job step: Slurm sets no SLURM_STEP_ID there) is one process
+    p = _start(SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_LOCALID="0", SLURM_JOB_ID="7")
+    assert p.returncode == 0, p.stderr
 
 
 def test_each_process_gets_its_own_gpu_or_a_clear_error(monkeypatch):
