@@ -473,6 +473,16 @@ def plan(
             from t3s_nemo.data.tokenizer import load_tokenizer
 
             vocab_size = len(load_tokenizer(resolve_path(cfg.data.tokenizer)))
+    # a run from model.init keeps its weights' vocabulary rows at any TP (Qwen3: 151,936)
+    inherited = None
+    if cfg.model.init:
+        from t3s_nemo.checkpoint.manager import inherited_vocab_rows
+
+        inherited = inherited_vocab_rows(Path("."), "never", cfg.model.init)[0]
+
+    def vocab_rows(tp: int) -> int:
+        return inherited or padded_vocab_size(vocab_size, tp)
+
     n = gpus or p.tp * p.pp * max(p.cp, p.ep)
     layouts = [(p.tp, p.pp, p.cp)] + [l for l in ((8, 1, 1), (8, 2, 1), (8, 4, 1), (8, 2, 2), (4, 2, 1), (4, 4, 1), (2, 4, 1))
                                       if l != (p.tp, p.pp, p.cp)]
@@ -483,27 +493,28 @@ def plan(
         raise T3SError(f"{n} GPUs{'' if gpus else ' (tp*pp*max(cp, ep) of the config)'}: no layout fits "
                        f"(tp*pp*cp and tp*pp*ep={p.tp * p.pp * p.ep} must divide the GPU count)")
     with console.status("building each layout's first and last pipeline stage on the meta device"):
-        params = P.meta_rank_params(shape, vocab_size, sorted({(tp, pp, p.ep) for tp, pp, _ in layouts}))
+        params = P.meta_rank_params(shape, vocab_size, sorted({(tp, pp, p.ep) for tp, pp, _ in layouts}), inherited)
     # context parallelism all-gathers K and V with the sdpa spec; TE's ring attention does not
     spec = cfg.model.spec if cfg.model.spec != "auto" else ("te" if te_available() else "sdpa")
     gathered_kv = spec != "te"
-    rows = []
+    table = []
     for tp, pp, cp in layouts:
         for seq in sorted({cfg.data.seq_length, 8192, 16384, 32768}):
-            rows.append(P.estimate(shape, padded_vocab_size(vocab_size, tp), tp, pp, cp, n // (tp * pp * cp), seq,
+            table.append(P.estimate(shape, vocab_rows(tp), tp, pp, cp, n // (tp * pp * cp), seq,
                                    cfg.train.micro_batch_size, cfg.model.recompute,
                                    p.sequence_parallel, p.distributed_optimizer, cfg.train.precision != "fp32",
                                    params=params[(tp, pp, p.ep)], ep=p.ep, gathered_kv=gathered_kv))
     out = console.__class__(highlight=False, width=max(110, console.width))
-    total = num_parameters(shape, padded_vocab_size(vocab_size, 1))
+    total = num_parameters(shape, vocab_rows(1))
     size = f"{P.count(total)} parameters"
     if shape.is_moe:
-        size += (f" ({P.count(num_parameters(shape, padded_vocab_size(vocab_size, 1), active=True))} active per "
+        size += (f" ({P.count(num_parameters(shape, vocab_rows(1), active=True))} active per "
                  f"token; {shape.num_experts} experts, top-{shape.moe_topk}, ep={p.ep})")
-    out.print(f"{cfg.model.preset}: {size}; {n} GPUs; first row group = the config's layout "
+    vocab = f"{inherited:,} vocabulary rows (model.init's)" if inherited else f"a {vocab_size:,}-token vocabulary"
+    out.print(f"{cfg.model.preset}: {size}, {vocab}; {n} GPUs; first row group = the config's layout "
               f"(tp={p.tp} pp={p.pp} cp={p.cp}), recompute={cfg.model.recompute}")
-    out.print(P.table(rows, gpu_memory))
-    if any(r.cp > 1 for r in rows):
+    out.print(P.table(table, gpu_memory))
+    if any(r.cp > 1 for r in table):
         auto = " (auto: no Transformer Engine here)" if cfg.model.spec == "auto" and spec == "sdpa" else ""
         out.print(f"cp > 1 rows: model.spec {spec}{auto}"
                   + (", whose context parallelism all-gathers K and V: counted in activ" if gathered_kv

@@ -89,7 +89,8 @@ def rank_expert_params(shape: Shape, tp: int, pp: int, ep: int = 1) -> tuple[int
     return (sum(per for i in first if shape.is_moe_layer(i)), sum(per for i in last if shape.is_moe_layer(i)))
 
 
-def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int, int]]:
+def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, ...]],
+                     rows: Optional[int] = None) -> dict[tuple[int, ...], tuple[int, int]]:
     """(tp, pp) or (tp, pp, ep) -> (parameters on a first-stage rank, on a last-stage rank), counted on real
     megatron-core models built on the meta device, one rank at a time.
 
@@ -99,7 +100,8 @@ def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, ...
     for its memory estimates. There is no public torch API for this; the module lives under
     torch.testing. The local layer spec is used (megatron-core's decoder block spec for MoE shapes):
     Transformer Engine's layers have the same parameters and need a GPU to build. vocab_size is the
-    tokenizer's; it is padded per TP size.
+    tokenizer's; it is padded per TP size, unless `rows` (the vocabulary rows of model.init's weights,
+    which a run keeps at any TP: t3s_nemo.training.setup.vocab_rows) is given.
     """
     import torch
     import torch.distributed as dist
@@ -129,7 +131,7 @@ def meta_rank_params(shape: Shape, vocab_size: int, layouts: list[tuple[int, ...
                 config.perform_initialization = False  # shapes only (random init on meta is slow for 5k experts)
                 spec = qwen3.layer_spec("local", config=config)
                 with torch.device("meta"):
-                    model = qwen3.build_gpt(config, shape, qwen3.padded_vocab_size(vocab_size, tp), 4096, spec,
+                    model = qwen3.build_gpt(config, shape, rows or qwen3.padded_vocab_size(vocab_size, tp), 4096, spec,
                                             pre_process=ps.is_pipeline_first_stage(),
                                             post_process=ps.is_pipeline_last_stage())
                 counts.append(sum(p.numel() for p in model.parameters()))

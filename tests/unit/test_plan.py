@@ -135,3 +135,17 @@ def test_plan_says_how_it_counted_context_parallelism(monkeypatch, capsys):
         main()
         out = " ".join(capsys.readouterr().out.split())  # the note may wrap
         assert f"cp > 1 rows: model.spec {spec}" in out and said in out
+
+
+def test_plan_counts_the_vocabulary_rows_of_model_init(monkeypatch, capsys, tmp_path):
+    # a run from Qwen3's HF weights keeps their 151,936 rows at any TP (not the tokenizer padded per TP)
+    import json
+    import sys
+
+    from t3s_nemo.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 151936}))
+    monkeypatch.setattr(sys, "argv", ["t3s", "plan", str(REPO / "configs/qwen3_8b/sft.yaml"), f"model.init={tmp_path}"])
+    main()
+    out = " ".join(capsys.readouterr().out.split())
+    assert "8.19B parameters, 151,936 vocabulary rows (model.init's)" in out
