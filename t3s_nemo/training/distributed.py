@@ -44,6 +44,10 @@ def read_env() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+_LONG_WAIT = None  # the gloo group of long_barrier
+LONG_WAIT_HOURS = 12
+
+
 def _device_index(local: int) -> int:
     """This process's GPU: its local rank, or 0 where srun binds one GPU to each task (--gpus-per-task=1
     shows a task only its own). More processes than GPUs is an error, not several ranks on one GPU."""
@@ -82,10 +86,6 @@ def init_distributed(timeout_minutes: int = 30) -> DistEnv:
     if _LONG_WAIT is None and dist.get_world_size() > 1:  # made now, while every rank is here (long_barrier)
         _LONG_WAIT = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=LONG_WAIT_HOURS))
     return DistEnv(rank=rank, world_size=world, local_rank=local, backend=dist.get_backend())
-
-
-_LONG_WAIT = None  # the gloo group of long_barrier
-LONG_WAIT_HOURS = 12
 
 
 def long_barrier() -> None:
@@ -146,9 +146,9 @@ def init_model_parallel(parallel) -> None:
 def shutdown() -> None:
     from megatron.core import parallel_state as ps
 
+    global _LONG_WAIT
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
-    global _LONG_WAIT
     if dist.is_initialized():
         dist.destroy_process_group()
     _LONG_WAIT = None

@@ -85,7 +85,6 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
     if vocab_size % cfg.parallel.tp:
         raise T3SError(f"config key 'parallel.tp': the model's {vocab_size} vocabulary rows do not split over "
                        f"{cfg.parallel.tp} tensor-parallel ranks; choose a tp that divides {vocab_size}")
-    padded = vocab_size
     tconfig = qwen3.transformer_config(
         shape, cfg.parallel, dtype=dtype, use_cpu_init=True, recompute=cfg.model.recompute,
         moe_grouped_gemm=use_te, moe_aux_loss_coeff=cfg.model.moe_aux_loss_coeff,
@@ -98,7 +97,7 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
         stage = vp_stage if cfg.parallel.vpp else None
         spec = qwen3.layer_spec(cfg.model.spec, bidirectional=bidirectional, config=tconfig, vp_stage=stage)
         chunk = qwen3.build_gpt(
-            tconfig, shape, padded, seq_length, spec,
+            tconfig, shape, vocab_size, seq_length, spec,
             pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
             post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
             vp_stage=stage,
@@ -106,7 +105,7 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
         if torch.cuda.is_available() and not cpu_mode_active():
             chunk.cuda(torch.cuda.current_device())
         chunks.append(chunk)
-    return ModelBundle(chunks, tconfig, shape, padded, dtype, qwen3.packs_thd(cfg.model.spec, seq_length, cfg.parallel.cp))
+    return ModelBundle(chunks, tconfig, shape, vocab_size, dtype, qwen3.packs_thd(cfg.model.spec, seq_length, cfg.parallel.cp))
 
 
 def wrap_ddp(bundle: ModelBundle, cfg: Config) -> list:
