@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     from t3s_nemo.checkpoint import weights as W
     from t3s_nemo.checkpoint.consolidate import run_config
     from t3s_nemo.io import read_json
-    from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
+    from t3s_nemo.training.distributed import collective_device, init_distributed, init_model_parallel, shutdown
     from t3s_nemo.training.setup import build_model
 
     a = parse_args(sys.argv[1:] if argv is None else argv)
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
     if torch.cuda.is_available():  # megatron allocates the static KV cache whole, before the first token
         row = kv_row_bytes(bundle.shape, cfg.parallel.tp, max_len, bundle.dtype)
         fit = torch.tensor([kv_cache_rows(bundle.shape, cfg.parallel.tp, max_len, bundle.dtype,
-                                          torch.cuda.mem_get_info()[0])], device="cuda")
+                                          torch.cuda.mem_get_info()[0])], device=collective_device())
         torch.distributed.all_reduce(fit, op=torch.distributed.ReduceOp.MIN)  # the TP ranks must agree
         fit = int(fit.item())
         if fit < 1:
