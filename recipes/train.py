@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(start, end):
         t0 = time.perf_counter()
         batches = tdata.micro_batches(bins, sampler, step, dp_rank, dp, cfg.train.micro_batch_size)
-        sum_sq = tdata.sum_sq_lengths(batches)  # the attention work (MFU), of whole examples: before a CP split
+        # the attention work (MFU) of whole examples, before a CP split; only the reporters count it
+        sum_sq = tdata.sum_sq_lengths(batches) if reporter else 0.0
         if dllm:  # the step's noise is a function of (seed, step, dp rank): resume redraws it exactly
             dtrain.add_noise_seeds(batches, cfg.train.seed, step, dp_rank)
         if cp > 1:  # each CP rank keeps its share of every example (noise drawn first, per example)
