@@ -1,12 +1,12 @@
 """Sample answers straight from a t3s checkpoint with megatron-core's inference engine. Every rank runs it.
 
     torchrun --nproc-per-node N -m t3s_nemo.recipes.sample --checkpoint CKPT --prompts PROMPTS.json
-        --out OUT.json --eos ID [--num-samples 4 --temperature 0.6 --top-p 0.95 --max-new-tokens 1024 --seed 0
-        --batch-size 64] [parallel.tp=N]
+        --out OUT.json --eos ID [--also-stop ID ...] [--num-samples 4 --temperature 0.6 --top-p 0.95
+        --max-new-tokens 1024 --seed 0 --batch-size 64] [parallel.tp=N]
 
 PROMPTS.json is a list of prompts, each a list of token ids. OUT.json (rank 0, written atomically) holds
 {"samples": [[ids of sample 1, ...] per prompt], "seconds", "generated_tokens"}; a sample ends after its
-first eos or after max-new-tokens. This is generation.backend=megatron of `t3s bottleneck` and `t3s eval`:
+first stop token (--eos or an --also-stop id, kept in the sample) or after max-new-tokens. This is generation.backend=megatron of `t3s bottleneck` and `t3s eval`:
 no Hugging Face export, the checkpoint loads at any saved layout into tensor-parallel ranks, and
 megatron-core's static inference engine keeps a KV cache. Temperature 0 is greedy decoding.
 
@@ -34,7 +34,10 @@ def parse_args(argv):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--prompts", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--eos", type=int, required=True)
+    p.add_argument("--eos", type=int, required=True,
+                   help="the end-of-turn id: ends a sample, pads the batch; the dLLM sampler stops at it")
+    p.add_argument("--also-stop", type=int, nargs="*", default=[], metavar="ID",
+                   help="more ids that end a sample (a Qwen3 Base tokenizer's eos <|endoftext|>)")
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -133,15 +136,15 @@ def main(argv=None) -> None:
                               f"cache per GPU; sampling {fit} rows at a time")
             batch = fit
     context = StaticInferenceContext(max_batch_size=batch, max_sequence_length=max_len)
-    controller = TextGenerationController(GPTInferenceWrapper(model, context),
-                                          _TokenIds(a.eos, bundle.vocab_size))
+    controller = _stop_at_any(TextGenerationController)(GPTInferenceWrapper(model, context),
+                                                        _TokenIds(a.eos, bundle.vocab_size))
+    controller.stop_ids = torch.tensor(sorted({a.eos, *a.also_stop}))
     # every TP rank draws the same tokens from the same seed (megatron keeps the TP ranks in step)
     engine = StaticInferenceEngine(controller, max_batch_size=batch, random_seed=a.seed + 1 + dp_rank, legacy=True)
     if a.temperature == 0:
         params = SamplingParams(temperature=1.0, top_k=1, num_tokens_to_generate=a.max_new_tokens)
     else:
         params = SamplingParams(temperature=a.temperature, top_p=a.top_p, num_tokens_to_generate=a.max_new_tokens)
-    params.termination_id = a.eos
     requests = [InferenceRequest(request_id=k, prompt="", prompt_tokens=list(map(int, prompts[i])),
                                  sampling_params=params) for k, i in enumerate(i for i in mine for _ in range(a.num_samples))]
     t0 = time.perf_counter()
@@ -150,13 +153,33 @@ def main(argv=None) -> None:
     seconds = time.perf_counter() - t0
     out: dict[int, list[list[int]]] = {i: [] for i in mine}
     for k, r in enumerate(done):
-        ids = [int(t) for t in torch.as_tensor(r.generated_tokens).tolist()]
-        if a.eos in ids:
-            ids = ids[: ids.index(a.eos) + 1]
-        out[mine[k // a.num_samples]].append(ids)
+        out[mine[k // a.num_samples]].append([int(t) for t in torch.as_tensor(r.generated_tokens).tolist()])
 
     _write(env, out, prompts, seconds, a)
     shutdown()
+
+
+def _stop_at_any(controller_cls):
+    """megatron-core's static engine ends a row at one id (tokenizer.eod) and leaves that id out of the
+    row's tokens. This controller ends a row at any of its `stop_ids` and keeps the stop token, as
+    transformers and vLLM do, so a Base student that ends with <|endoftext|> instead of <|im_end|> stops
+    there instead of computing on to max-new-tokens, and token counts agree across backends. Overriding
+    update_generation_status is the engine's one place for this (megatron-core's stop_words work on
+    text, through a detokenizer this sampler does not have)."""
+
+    class StopAtAny(controller_cls):
+        stop_ids: torch.Tensor
+
+        def update_generation_status(self, updated_prompts_tokens, generation_started, current_context_end_position,
+                                     is_generation_done_tensor, generated_sequence_lengths, termination_id=None):
+            latest = updated_prompts_tokens[:, current_context_end_position]
+            reached = torch.isin(latest, self.stop_ids.to(latest.device)) & generation_started
+            if termination_id == -1:  # SamplingParams.no_early_termination
+                reached = torch.zeros_like(reached)
+            generated_sequence_lengths += ~is_generation_done_tensor & generation_started  # the stop counts
+            return is_generation_done_tensor | reached, generated_sequence_lengths.int()
+
+    return StopAtAny
 
 
 def kv_row_bytes(shape, tp: int, max_len: int, dtype: torch.dtype) -> int:

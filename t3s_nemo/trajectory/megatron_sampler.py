@@ -36,7 +36,7 @@ def sample_checkpoint(checkpoint: Path, prompts: list[list[int]], n: int, temper
     marker = W.read_marker(checkpoint)
     tok = load_tokenizer(tokenizer_dir or marker.get("tokenizer", ""))
     stops = stop_token_ids(tok)
-    eos = stops[-1]  # megatron stops at one id: the end of turn the student learned (eos when it is that)
+    eos = stops[-1]  # the end of turn the student learned (eos when it is that); it pads and ends dLLM samples
     with tempfile.TemporaryDirectory(prefix="t3s-sample-") as work:
         prompts_file, out_file = Path(work) / "prompts.json", Path(work) / "samples.json"
         prompts_file.write_text(json.dumps(prompts))
@@ -44,8 +44,8 @@ def sample_checkpoint(checkpoint: Path, prompts: list[list[int]], n: int, temper
         if tp > 1:
             launcher += ["-m", "t3s_nemo.launch", "--standalone", f"--nproc-per-node={tp}"]
         cmd = [*launcher, "-m", "t3s_nemo.recipes.sample", "--checkpoint", str(checkpoint),
-               "--prompts", str(prompts_file), "--out", str(out_file), "--eos", str(eos), "--num-samples", str(n),
-               "--temperature", str(temperature), "--top-p", str(top_p), "--max-new-tokens", str(max_new_tokens),
+               "--prompts", str(prompts_file), "--out", str(out_file), "--eos", str(eos),
+               "--also-stop", *map(str, stops), "--num-samples", str(n), "--temperature", str(temperature), "--top-p", str(top_p), "--max-new-tokens", str(max_new_tokens),
                "--seed", str(seed), "--batch-size", str(batch_size), f"parallel.tp={tp}"]
         env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_ENV}
         env["TQDM_DISABLE"] = "1"  # megatron-core's engine draws its own bar; the caller shows progress

@@ -3,10 +3,12 @@ transformers on the exported model, and as the bottleneck stage's sampler."""
 
 import json
 import os
+import sys
 
 import pytest
 
 from procs import DEMO, REPO, train
+from procs import run as sh
 from t3s_nemo.trajectory.bottleneck import export_snapshot, run_bottleneck
 from t3s_nemo.trajectory.generate import generate
 
@@ -36,6 +38,35 @@ def test_greedy_megatron_samples_equal_transformers_at_tp1_and_tp2(run, chat_pro
     for tp in (1, 2):
         got = generate(snap, chat_prompts, 1, 0.0, 1.0, 16, 0, 3, backend="megatron", tp=tp, tokenizer_dir=DEMO / "tokenizer")
         assert [[(x.text, x.num_tokens) for x in s] for s in got] == [[(x.text, x.num_tokens) for x in s] for s in want], tp
+
+
+def _greedy(snap, prompts, tmp_path, eos, *also_stop) -> list[list[int]]:
+    """One greedy sample of 16 tokens per prompt from the sampling recipe itself."""
+    f, out = tmp_path / "prompts.json", tmp_path / "out.json"
+    f.write_text(json.dumps(prompts))
+    sh([sys.executable, "-m", "t3s_nemo.recipes.sample", "--checkpoint", str(snap), "--prompts", str(f), "--out",
+        str(out), "--eos", str(eos), "--also-stop", *map(str, also_stop), "--num-samples", "1", "--temperature", "0",
+        "--max-new-tokens", "16"])
+    result = json.loads(out.read_text())
+    assert result["generated_tokens"] == sum(len(s[0]) for s in result["samples"])
+    return [s[0] for s in result["samples"]]
+
+
+def test_megatron_ends_a_sample_at_any_stop_id_and_keeps_the_stop(run, chat_prompts, tmp_path):
+    # a Qwen3 Base student may end its turn with <|endoftext|> or <|im_end|>: either must end the row in the
+    # engine (not only cut the text afterwards), and the stop counts as a generated token, as in transformers
+    from t3s_nemo.data.tokenizer import load_tokenizer
+
+    snap, eos = run / "snapshots" / "step_0", load_tokenizer(DEMO / "tokenizer").eos_token_id
+    free = _greedy(snap, chat_prompts, tmp_path, eos)
+    assert all(len(r) == 16 and eos not in r for r in free)
+    stops = {eos, free[0][3], free[1][6]}
+    want = []
+    for r in free:
+        cut = [i for i, t in enumerate(r) if t in stops]
+        want.append(r[: cut[0] + 1] if cut else r)
+    assert len(want[0]) <= 4 and len(want[1]) <= 7  # both rows really end early
+    assert _greedy(snap, chat_prompts, tmp_path, eos, *sorted(stops - {eos})) == want
 
 
 def test_bottleneck_samples_snapshots_without_exporting_them(run, chat_prompts, tmp_path):
