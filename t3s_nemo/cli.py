@@ -382,10 +382,9 @@ def pipeline(
 
 @app.command("eval")
 def eval_(
-    model: Annotated[str, typer.Argument(help="A t3s checkpoint, a Hugging Face directory, or the word `compare`.")],
-    results: Annotated[Optional[list[Path]], typer.Argument(help="With `compare`: results.json files (LABEL=PATH to name a row).", show_default=False)] = None,
+    model: Annotated[Path, typer.Argument(help="A t3s checkpoint (snapshot or full) or a Hugging Face directory.", show_default=False)],
     benchmark: Annotated[Optional[list[Path]], typer.Option(help="Benchmark JSONL (fields problem, answer); repeat for several.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output directory (results.json, one JSONL per benchmark); with compare: the PNG.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (results.json, one JSONL per benchmark).")] = None,
     n: Annotated[int, typer.Option(help="Samples per problem (k).")] = 32,
     temperature: Annotated[float, typer.Option()] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
@@ -398,7 +397,7 @@ def eval_(
     problem_field: Annotated[str, typer.Option(help="Benchmark field with the problem.")] = "problem",
     answer_field: Annotated[str, typer.Option(help="Benchmark field with the gold answer.")] = "answer",
 ):
-    """avg@k, pass@k and generated tokens on local benchmarks; or compare result files.
+    """avg@k, pass@k and generated tokens on local benchmarks; `t3s eval compare` tables several results.
 
     t3s eval CKPT --benchmark aime24.jsonl --benchmark aime25.jsonl --out evals/t3s   (resumable)
     t3s eval compare base=evals/base/results.json t3s=evals/t3s/results.json --out compare.png
@@ -408,34 +407,45 @@ def eval_(
     """
     from t3s_nemo.trajectory import evaluate as E
 
-    if model == "compare":
-        if not results:
-            raise T3SError("eval compare: give one or more results.json files")
-        loaded = {}
-        for item in results:
-            label, _, path = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
-            from t3s_nemo.io import read_json
-
-            r = read_json(Path(path), "eval results")
-            if not isinstance(r, dict) or not isinstance(r.get("benchmarks"), dict) or "overall" not in r:
-                raise T3SError(f"{path}: not a `t3s eval` results.json (expected 'benchmarks' and 'overall')")
-            loaded[label or Path(path).parent.name] = r
-        out_console = console.__class__(highlight=False, width=max(110, console.width))
-        out_console.print(E.table(loaded))
-        if out:
-            E.compare_plot(loaded, out)
-            console.print(f"wrote {out}")
-        return
     if not benchmark or not out:
         raise T3SError("eval: --benchmark and --out are required")
     from t3s_nemo.config import GenerationConfig
 
     gen = GenerationConfig(backend=backend, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                            batch_size=batch_size, seed=seed, tp=tp)
-    r = E.evaluate(Path(model), benchmark, out, gen, tokenizer, problem_field, answer_field)
+    r = E.evaluate(model, benchmark, out, gen, tokenizer, problem_field, answer_field)
     out_console = console.__class__(highlight=False, width=max(110, console.width))
-    out_console.print(E.table({Path(model).name: r}))
+    out_console.print(E.table({model.name: r}))
     console.print(f"wrote {out / 'results.json'}")
+
+
+# `t3s eval compare ...` is routed here by main(): `eval` takes a model path as its first argument, so
+# `compare` cannot be a click subcommand of it, and a command registered under the name "eval compare"
+# gets its own --help and usage line ("t3s eval compare") while staying out of the command list.
+@app.command("eval compare", hidden=True)
+def eval_compare(
+    results: Annotated[list[Path], typer.Argument(help="`t3s eval` results.json files; LABEL=PATH names a row (default: the file's directory name).", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option(help="Also plot avg@k and pass@k per benchmark to this PNG.")] = None,
+):
+    """A table (and with --out a plot) of several `t3s eval` results, one row per results.json.
+
+    t3s eval compare base=evals/base/results.json t3s=evals/t3s/results.json --out compare.png
+    """
+    from t3s_nemo.io import read_json
+    from t3s_nemo.trajectory import evaluate as E
+
+    loaded = {}
+    for item in results:
+        label, _, path = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
+        r = read_json(Path(path), "eval results")
+        if not isinstance(r, dict) or not isinstance(r.get("benchmarks"), dict) or "overall" not in r:
+            raise T3SError(f"{path}: not a `t3s eval` results.json (expected 'benchmarks' and 'overall')")
+        loaded[label or Path(path).parent.name] = r
+    out_console = console.__class__(highlight=False, width=max(110, console.width))
+    out_console.print(E.table(loaded))
+    if out:
+        E.compare_plot(loaded, out)
+        console.print(f"wrote {out}")
 
 
 @app.command("plan")
@@ -638,8 +648,11 @@ def _reflow_help(typer_app) -> None:
 
 def main() -> None:
     _reflow_help(app)
+    args = sys.argv[1:]
+    if args[:2] == ["eval", "compare"]:
+        args = ["eval compare", *args[2:]]
     try:
-        rc = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code instead of exiting
+        rc = app(args=args, prog_name="t3s", standalone_mode=False)  # without standalone mode, click returns typer.Exit's code instead of exiting
         if isinstance(rc, int) and rc != 0:
             sys.exit(rc)
     except T3SError as e:

@@ -27,3 +27,20 @@ def test_help_paragraphs_flow_to_the_terminal_width():
     assert "in its own terse style is distilled on an R1-like teacher's traces" in r.output
     doc = "One\ntwo.\n\n- item\n  goes on\n- next\n\nt3s eval A\nt3s eval B\n"
     assert _reflow(doc) == "One two.\n\n- item goes on\n- next\n\nt3s eval A\nt3s eval B"
+
+
+def test_eval_compare_has_its_own_help(monkeypatch, capsys):
+    """`eval` takes a model path first, so main() routes `t3s eval compare` to its own command and help."""
+    import sys
+
+    from t3s_nemo.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["t3s", "eval", "compare", "--help"])
+    monkeypatch.setenv("COLUMNS", "120")
+    try:
+        main()
+    except SystemExit as e:
+        assert e.code in (0, None)
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at its own width
+    assert "Usage: t3s eval compare [OPTIONS]" in out and "LABEL=PATH" in out
+    assert "--benchmark" not in out  # not eval's options
