@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from functools import partial
@@ -48,9 +49,12 @@ def ensure_packed(cfg: Config, is_main: bool) -> str:
     from t3s_nemo.data.source import Fields
     from t3s_nemo.training.distributed import long_barrier
 
+    # the run's config.yaml records the dataset by its absolute path: the later stages (profile, mask,
+    # bottleneck) read it from there and may run from another working directory
     if cfg.data.path:
-        return resolve_path(cfg.data.path)
-    out = Path(cfg.run_dir) / "data"
+        cfg.data.path = os.path.abspath(resolve_path(cfg.data.path))
+        return cfg.data.path
+    out = Path(cfg.run_dir).absolute() / "data"
     if is_main and not (out / "meta.json").is_file():
         if not cfg.data.tokenizer:
             raise T3SError("config key 'data.tokenizer' is required to pack data.input")
@@ -135,7 +139,6 @@ def main(argv: list[str] | None = None) -> None:
         forward_step = t3s_forward_step
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
     inherited = rank0_says(lambda: manager.inherited_vocab_rows(run_dir, cfg.resume, cfg.model.init))
     rows = vocab_rows(vocab, cfg.parallel.tp, *inherited)
     bundle = build_model(cfg, rows, packed.seq_length, bidirectional=dllm)
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         ckpt.close()
         shutdown()
         return
+    if env.is_main:  # after the checks above: a refused or finished run keeps the config it was made with
+        save_config(cfg, run_dir / "config.yaml")
 
     sampler = tdata.StepSampler(len(bins), cfg.train.global_batch_size, cfg.train.seed, cfg.data.shuffle)
     forward_backward = get_forward_backward_func()

@@ -274,8 +274,10 @@ def mask(
     """
     from t3s_nemo.config import load_config
     from t3s_nemo.data.packed import PackedDataset
-    from t3s_nemo.trajectory.mask_build import build_mask
+    from t3s_nemo.trajectory.mask_build import RULES, build_mask
 
+    if rule not in RULES:  # before the dataset is looked for
+        raise T3SError(f"--rule {rule}: unknown mask rule (one of {', '.join(RULES)})")
     data = load_config(run / "config.yaml").data.path if (run / "config.yaml").is_file() else run
     r = build_mask(PackedDataset(data), rule, name, seed, tau=tau)
     what = (f"{r['target_fraction']:.1%} of {r['response_tokens']:,} response tokens are targets (always noised)"
@@ -592,7 +594,7 @@ def analyze_transfer(
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory for the demo.")] = Path("runs/demo"),
     steps: Annotated[Optional[int], typer.Option(help="Steps of the trajectory run and of each retraining run (default: configs/demo/t3s.yaml, 40).")] = None,
-    seed: Annotated[int, typer.Option(help="train.seed and generation.seed (data order, sampling); 1-3 are the seeds in docs/results/demo.md.")] = 1,
+    seed: Annotated[int, typer.Option(help="train.seed and generation.seed (data order, sampling); 1-3 are the seeds in docs/results/demo.md. Another seed or --steps needs another --out or --overwrite.")] = 1,
     student: Annotated[Optional[Path], typer.Option(help="The student (theta_0): a HF directory; default the bundled one. With --rebuild-student: where to write it.")] = None,
     rebuild_student: Annotated[bool, typer.Option(help="Pre-train the student from random weights first (stage 0, about 7 minutes on 2 cores; the bundled weights bit for bit on the machine and versions that made them, t3s_nemo/demo/student.py).")] = False,
     nproc_per_node: NprocOpt = 1,

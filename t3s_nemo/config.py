@@ -444,6 +444,16 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """'key: old -> new' for every leaf key whose value differs between two configs."""
+    out = []
+    for key in _all_keys(Config()):
+        a, b = get(old, key), get(new, key)
+        if not dataclasses.is_dataclass(a) and a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     atomic_write_text(Path(path), to_yaml(cfg))
 

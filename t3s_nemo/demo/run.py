@@ -47,6 +47,17 @@ def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed:
         raise T3SError(f"--out {out}: a non-empty directory that is not a demo run; choose another --out")
     if student is not None and not rebuild_student and not (Path(student) / "config.json").is_file():
         raise T3SError(f"--student {student}: not a Hugging Face model directory (no config.json)")
+    if not overwrite and (out / "config.yaml").is_file():
+        # the demo's stages resume, and a stage that finished is not redone: a rerun with another seed or
+        # step count would show the earlier run's results under the new settings
+        from t3s_nemo.config import changed_keys, load_config
+
+        made = (Path(student) if student else out / "student") if rebuild_student else student
+        changes = changed_keys(load_config(out / "config.yaml"),
+                               load_config(demo_config(), demo_overrides(out, steps, seed, made)))
+        if changes:
+            raise T3SError(f"--out {out} holds a demo run made with other settings ({'; '.join(changes)}); add "
+                           "--overwrite to redo it with these, or choose another --out")
     if overwrite and out.exists():
         shutil.rmtree(out)
     if rebuild_student:

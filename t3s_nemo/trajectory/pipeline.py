@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from t3s_nemo.checkpoint import weights as W
-from t3s_nemo.config import Config, load_config, save_config
+from t3s_nemo.config import Config, changed_keys, load_config, save_config
 from t3s_nemo.console import console
 from t3s_nemo.errors import T3SError
 from t3s_nemo.io import atomic_write_json, read_json
@@ -38,6 +38,12 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     if not cfg.run_dir:
         raise T3SError("config key 'run_dir' is required")
     root = Path(cfg.run_dir)
+    if (root / "config.yaml").is_file():  # a rerun: finished stages are kept as they were made
+        changes = changed_keys(load_config(root / "config.yaml"), cfg)
+        if changes:
+            console.print(f"[yellow]note:[/] {root} was made with another config; stages that finished keep "
+                          "their results, the rest run with the new one (a new run_dir starts afresh). Changed: "
+                          + "; ".join(changes))
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, root / "config.yaml")
     if cfg.pipeline.online:  # theta_b found while the SFT run trains (docs/online.md)

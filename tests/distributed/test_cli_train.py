@@ -11,8 +11,9 @@ from t3s_nemo.devices import te_available
 
 def test_t3s_sft_tiny_config_runs_and_loss_decreases(tmp_path):
     run_dir = tmp_path / "run"
-    p = subprocess.run([*t3s(), "sft", "configs/tiny/sft.yaml", f"run_dir={run_dir}", "train.steps=12"],
-                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    # a relative run_dir, as a user types it
+    p = subprocess.run([*t3s(), "sft", str(REPO / "configs/tiny/sft.yaml"), "run_dir=run", "train.steps=12"],
+                       cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     records = [json.loads(x) for x in (run_dir / "trajectory.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 13))
@@ -22,6 +23,17 @@ def test_t3s_sft_tiny_config_runs_and_loss_decreases(tmp_path):
     assert (run_dir / "config.yaml").read_text().count("preset: tiny") == 1
     assert (run_dir / "data" / "meta.json").is_file()  # packed from data.input on first use
     assert (run_dir / "checkpoints" / "iter_12" / "t3s.json").is_file()
+    # the later stages find the dataset from any working directory
+    from t3s_nemo.config import load_config
+
+    assert load_config(run_dir / "config.yaml").data.path == str(run_dir / "data")
+    # a refused rerun (another model shape) and a finished one keep the config the run was made with
+    saved = (run_dir / "config.yaml").read_text()
+    for extra, rc, says in (("model.num_layers=3", 1, "model shape differs"), ("train.seed=7", 0, "nothing to do")):
+        p = subprocess.run([*t3s(), "sft", str(REPO / "configs/tiny/sft.yaml"), f"run_dir={run_dir}", "train.steps=12",
+                            extra], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+        assert p.returncode == rc and says in p.stdout + p.stderr, p.stderr[-2000:]
+        assert (run_dir / "config.yaml").read_text() == saved, extra
 
 
 def test_t3s_train_without_a_mask_is_a_clear_error(tmp_path):

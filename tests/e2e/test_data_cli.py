@@ -248,3 +248,30 @@ def test_demo_overwrite_never_deletes_its_student(tmp_path, monkeypatch, capsys)
     assert err.splitlines() == [f"error: {out}: output contains the input {out / 'student'}; replacing it would "
                                 "delete the input. Write to another directory"]
     assert (out / "student" / "config.json").is_file() and (out / "config.yaml").is_file()
+
+
+def test_demo_refuses_to_show_an_earlier_runs_results_under_new_settings(tmp_path, monkeypatch, capsys):
+    # every stage of an existing demo run is "done already": a rerun with another seed would print the
+    # earlier seed's numbers
+    from t3s_nemo.config import load_config, save_config
+    from t3s_nemo.demo.run import demo_overrides
+    from t3s_nemo.demo.student import demo_config
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    save_config(load_config(demo_config(), demo_overrides(out, None, 1, None)), out / "config.yaml")
+    saved = (out / "config.yaml").read_text()
+    code, _, err = run_main(monkeypatch, capsys, "demo", "--out", out, "--seed", "2")
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith(f"error: --out {out} holds a demo run made with other settings (train.seed: 1 -> 2;")
+    assert "--overwrite" in err and (out / "config.yaml").read_text() == saved and len(list(out.iterdir())) == 1
+
+
+def test_changed_keys_lists_each_leaf_that_differs():
+    from t3s_nemo.config import changed_keys, load_config
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml"
+    a = load_config(tiny)
+    b = load_config(tiny, ["train.seed=7", "parallel.tp=2"])
+    assert changed_keys(a, a) == []
+    assert changed_keys(a, b) == ["parallel.tp: 1 -> 2", "train.seed: 1234 -> 7"]
