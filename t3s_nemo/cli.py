@@ -391,8 +391,8 @@ def eval_(
     temperature: Annotated[float, typer.Option()] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32768,
-    backend: Annotated[str, typer.Option(help="auto (vLLM on GPU if installed, else transformers) | transformers | vllm | megatron (a t3s checkpoint sampled by megatron-core, no export; dLLM checkpoints too)")] = "auto",
-    tp: Annotated[int, typer.Option(help="vLLM tensor-parallel size.")] = 1,
+    backend: Annotated[str, typer.Option(help="auto (vLLM on GPU if installed; else megatron at --tp > 1, transformers at 1) | transformers | vllm | megatron (a t3s checkpoint sampled by megatron-core, no export; dLLM checkpoints too)")] = "auto",
+    tp: Annotated[int, typer.Option(help="Tensor-parallel size of vLLM or megatron (transformers samples on one device; auto with --tp > 1 and no vLLM picks megatron).")] = 1,
     batch_size: Annotated[int, typer.Option(help="Problems per generation batch.")] = 64,
     seed: Annotated[int, typer.Option()] = 0,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer (default: the checkpoint's).")] = None,
@@ -427,7 +427,7 @@ def eval_(
 @app.command("eval compare", hidden=True)
 def eval_compare(
     results: Annotated[list[Path], typer.Argument(help="`t3s eval` results.json files; LABEL=PATH names a row (default: the file's directory name).", show_default=False)],
-    out: Annotated[Optional[Path], typer.Option(help="Also plot avg@k and pass@k per benchmark to this PNG.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also plot avg@k per benchmark to this file (.png, .pdf or .svg).")] = None,
 ):
     """A table (and with --out a plot) of several `t3s eval` results, one row per results.json.
 
@@ -436,6 +436,8 @@ def eval_compare(
     from t3s_nemo.io import read_json
     from t3s_nemo.trajectory import evaluate as E
 
+    if out:
+        E.check_plot_path(out)
     loaded = {}
     for item in results:
         label, _, path = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
@@ -104,12 +105,19 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
     from t3s_nemo.trajectory.verify import is_correct
 
     model, out = Path(model), Path(out)
+    if gen.n < 1 or gen.max_new_tokens < 1 or gen.batch_size < 1:
+        raise T3SError(f"--n, --max-new-tokens and --batch-size must be >= 1 (got {gen.n}, {gen.max_new_tokens}, "
+                       f"{gen.batch_size})")
     benches = {Path(b).stem: read_benchmark(Path(b), problem_field, answer_field) for b in benchmarks}
     from t3s_nemo.checkpoint import weights as W
 
     if not W.is_complete(model) and not (model / "config.json").is_file():  # before OUT is created
         raise T3SError(f"{model}: neither a complete t3s checkpoint nor a Hugging Face model directory")
+    model_id = str(model.resolve())
+    _check_same_model(out, benches, model_id)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".work-*"):  # the export of a run that was killed before it could clean up
+        shutil.rmtree(stale, ignore_errors=True)
 
     objective = W.read_marker(model).get("objective", "ar") if W.is_complete(model) else "ar"
     settings = {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
@@ -121,9 +129,11 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
         if not getattr(tok, "chat_template", None):
             raise T3SError(f"{tok_dir}: tokenizer has no chat template to format the problems with")
         results = {"model": str(model), "tokenizer_fingerprint": fp, "generation": settings, "benchmarks": {}}
+        # a finished problem is reused only for the same model, tokenizer and generation settings
+        key = {**settings, "model": model_id, "tokenizer_fingerprint": fp}
         for name, items in benches.items():
             path = out / f"{name}.jsonl"
-            done = _load_done(path, settings)
+            done = _load_done(path, key)
             todo = [it for it in items if it["id"] not in done]
             if todo:
                 console.print(f"{name}: {len(todo)} of {len(items)} problems to sample ({gen.n} each)")
@@ -142,7 +152,7 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
                                            backend=settings["backend"], tp=gen.tp, tokenizer_dir=tok_dir)
                         with open(path, "a", encoding="utf-8") as f:
                             for it, ss in zip(chunk, samples):
-                                rec = {"id": it["id"], "answer": it["answer"], "settings": settings,
+                                rec = {"id": it["id"], "answer": it["answer"], "settings": key,
                                        "correct": [bool(is_correct(s.text, it["answer"])) for s in ss],
                                        "num_tokens": [s.num_tokens for s in ss],
                                        "first_response": ss[0].text[:2000] if ss else ""}
@@ -151,10 +161,26 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
                         bar.advance(task, len(chunk))
             records = [done[it["id"]] for it in items]
             results["benchmarks"][name] = summarise(records, gen.n)
-    all_records = [r for name, items in benches.items() for r in _load_done(out / f"{name}.jsonl", settings).values()]
+    all_records = [r for name, items in benches.items() for r in _load_done(out / f"{name}.jsonl", key).values()]
     results["overall"] = summarise(all_records, gen.n)
     atomic_write_json(out / "results.json", results)
     return results
+
+
+def _check_same_model(out: Path, benches: dict, model_id: str) -> None:
+    """OUT holds one model's answers: another model's would be reported under this one's name."""
+    for name in benches:
+        path = out / f"{name}.jsonl"
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                other = json.loads(line).get("settings", {}).get("model")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if other != model_id:
+                raise T3SError(f"--out {out}: {path.name} holds the answers of {other or 'another model'}, not "
+                               f"{model_id}; give each model its own --out")
 
 
 def _load_done(path: Path, settings: dict) -> dict[str, dict]:
@@ -189,6 +215,19 @@ def table(results: dict[str, dict]):
     return t
 
 
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def check_plot_path(path: Path) -> None:
+    """--out of `t3s eval compare`: a new or existing file with a plot suffix, in a directory that exists."""
+    if path.is_dir():
+        raise T3SError(f"--out {path}: is a directory; give a file name such as {path / 'compare.png'}")
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise T3SError(f"--out {path}: the plot is written as {', '.join(PLOT_FORMATS)} (by the file's suffix)")
+    if not path.parent.is_dir():
+        raise T3SError(f"--out {path}: directory {path.parent} does not exist")
+
+
 def compare_plot(results: dict[str, dict], path: Path) -> None:
     import matplotlib
 
@@ -200,14 +239,15 @@ def compare_plot(results: dict[str, dict], path: Path) -> None:
     width = 0.8 / max(1, len(labels))
     fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(names) * len(labels) / 2), 4))
     for j, label in enumerate(labels):
-        vals = [100 * (results[label]["overall"] if b == "overall" else results[label]["benchmarks"].get(b, {})).get("avg@k", 0)
+        # a benchmark this result lacks is a gap, not a 0% bar
+        vals = [100 * (results[label]["overall"] if b == "overall" else results[label]["benchmarks"].get(b, {})).get("avg@k", np.nan)
                 for b in names]
         ax.bar(np.arange(len(names)) + j * width, vals, width, label=label)
     ax.set_xticks(np.arange(len(names)) + width * (len(labels) - 1) / 2, names)
     ax.set_ylabel("avg@k (%)")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from t3s_nemo.console import console
 from t3s_nemo.errors import T3SError
 
 BACKENDS = ("auto", "transformers", "vllm", "megatron")
@@ -167,6 +168,7 @@ def _run_transformers(hf_dir: Path, tok, prompts: list[list[int]], n: int, tempe
     )
     # longest first: batches of similar length waste less compute on padding
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    limit, warned = getattr(model.config, "max_position_embeddings", None), False
     out: list[Optional[list[Sample]]] = [None] * len(prompts)
     try:
         for b, start in enumerate(range(0, len(order), batch_size)):
@@ -177,9 +179,19 @@ def _run_transformers(hf_dir: Path, tok, prompts: list[list[int]], n: int, tempe
             for r, i in enumerate(idx):  # left padding: every prompt ends where generation starts
                 ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
                 mask[r, width - len(prompts[i]):] = 1
+            # as for vLLM: a prompt and its answer stay within the model's context (RoPE past it is noise)
+            room = max_new_tokens if limit is None else min(max_new_tokens, limit - width)
+            if room < 1:
+                raise T3SError(f"{hf_dir}: a prompt of {width} tokens fills the model's context "
+                               f"(max_position_embeddings {limit})")
+            if room < max_new_tokens and not warned:
+                warned = True
+                console.print(f"note: prompt + max_new_tokens {max_new_tokens} exceeds the model's context "
+                              f"(max_position_embeddings {limit}); answers end at {limit} tokens in all")
             set_seed(seed + b)  # reproducible per batch whatever ran before
             with torch.inference_mode():
-                seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen)
+                seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen,
+                                      max_new_tokens=room)
             new = seqs[:, width:].cpu().tolist()
             for r, i in enumerate(idx):
                 out[i] = [_sample(tok, new[r * per_prompt + k % per_prompt], stops) for k in range(n)]

@@ -29,6 +29,45 @@ def test_eval_runs_resumes_and_compares(tmp_path):
              "--out", str(tmp_path / "cmp.png")])
     assert (tmp_path / "cmp.png").stat().st_size > 1000
     assert "mini" in p.stdout and "overall" in p.stdout
+    for bad, says in ((tmp_path, "is a directory; give a file name"), (tmp_path / "c.jpg", "by the file's suffix"),
+                      (tmp_path / "no" / "c.png", "does not exist")):
+        p = subprocess.run([*t3s(), "eval", "compare", str(tmp_path / "ev" / "results.json"), "--out", str(bad)],
+                           env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 1 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not list(tmp_path.glob(".*.tmp*"))
+
+    # another model into the same --out: its answers are not the first model's, and nothing is written
+    other = tmp_path / "other"
+    shutil.copytree(hf, other)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "ev").iterdir()}
+    p = subprocess.run([*t3s(), "eval", str(other), *args[3:]], env=env(), cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 1 and f"mini.jsonl holds the answers of {hf.resolve()}, not {other.resolve()}" in p.stderr
+    assert {f.name: f.read_bytes() for f in (tmp_path / "ev").iterdir()} == before
+
+
+def test_eval_keeps_answers_within_the_models_context_and_clears_a_killed_runs_export(tmp_path):
+    from t3s_nemo.data.tokenizer import load_tokenizer
+
+    hf = tmp_path / "hf"
+    tiny_hf_model(hf, tie=True)
+    bench = tmp_path / "mini.jsonl"
+    bench.write_text("".join(DEMO.joinpath("test.jsonl").read_text().splitlines(True)[:2]))
+    tok = load_tokenizer(hf)
+    width = max(len(tok.apply_chat_template([{"role": "user", "content": json.loads(x)["problem"]}], tokenize=True,
+                                            add_generation_prompt=True, return_dict=False))
+                for x in bench.read_text().splitlines())
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg["max_position_embeddings"] = width + 5
+    (hf / "config.json").write_text(json.dumps(cfg))
+    stale = tmp_path / "ev" / ".work-killed" / "hf"
+    stale.mkdir(parents=True)
+    p = run([*t3s(), "eval", str(hf), "--benchmark", str(bench), "--out", str(tmp_path / "ev"), "--n", "1",
+             "--temperature", "0", "--max-new-tokens", "40", "--backend", "transformers"])
+    assert f"answers end at {width + 5} tokens in all" in " ".join((p.stdout + p.stderr).split())
+    records = [json.loads(x) for x in (tmp_path / "ev" / "mini.jsonl").read_text().splitlines()]
+    assert max(t for r in records for t in r["num_tokens"]) <= 5
+    assert not (tmp_path / "ev" / ".work-killed").exists()
 
 
 def test_eval_refuses_a_missing_answer_field(tmp_path):
