@@ -19,6 +19,11 @@ def _umask() -> int:
     return mask
 
 
+def open_permissions(path: str | Path) -> None:
+    """The permissions open() would give (0666 less the umask), for files a library creates 0600."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,7 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
     from t3s_nemo.checkpoint import weights as W
     from t3s_nemo.checkpoint.consolidate import read_full_state
     from t3s_nemo.data.tokenizer import fingerprint, load_tokenizer, stop_token_ids
-    from t3s_nemo.io import atomic_write_json, check_replaceable, staged_dir
+    from t3s_nemo.io import atomic_write_json, check_replaceable, open_permissions, staged_dir
 
     out = Path(out)
     if dtype not in ("auto", "bf16", "bfloat16", "fp32", "float32"):
@@ -187,6 +187,8 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
     vocab = hf["model.embed_tokens.weight"].shape[0]
     with staged_dir(out, overwrite=overwrite, inputs=[ckpt, tok_dir]) as tmp:
         save_file(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # safetensors writes its file 0600; an export is shared (a cluster's other users, a vLLM server)
+        open_permissions(tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", hf_config(shape, vocab, dtype, tok))
         atomic_write_json(tmp / "generation_config.json", {
             # every token that ends a turn (tokenizer.stop_token_ids): transformers and vLLM stop at each

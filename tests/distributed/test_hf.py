@@ -1,6 +1,7 @@
 """Hugging Face import/export against real transformers Qwen3 models (tiny, random init)."""
 
 import json
+import os
 import shutil
 import sys
 
@@ -129,6 +130,11 @@ def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path
     state, marker, _ = read_full_state(tmp_path / "ckpt")
     assert marker["dtype"] == "bfloat16" and {t.dtype for t in state.values()} == {torch.bfloat16}
     run([*t3s(), "export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")])
+    # shared like any file the user writes (safetensors creates its file 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "out").iterdir()} == {
+        f.name: 0o666 & ~umask for f in (tmp_path / "out").iterdir()}
     original, exported = load_file(hf / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     assert set(exported) == set(original)
     assert all(exported[k].dtype == torch.bfloat16 and torch.equal(exported[k], original[k]) for k in original)
