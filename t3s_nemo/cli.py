@@ -229,8 +229,8 @@ def profile(
     checkpoint: Annotated[Optional[Path], typer.Option(help="Standalone: the selector checkpoint (theta_0).")] = None,
     checkpoint_b: Annotated[Optional[Path], typer.Option("--checkpoint-b", help="Standalone: a second checkpoint (theta_b); adds delta.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Standalone: output directory for logp_a.npz (logp_b.npz, delta.npz).")] = None,
-    tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel size (default: with RUN, the run's own; standalone, 1).", show_default=False)] = None,
-    pp: Annotated[Optional[int], typer.Option(help="Pipeline-parallel size (default: as --tp).", show_default=False)] = None,
+    tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel size (default: with RUN, the run's own as far as the processes hold it; standalone, 1).", show_default=False)] = None,
+    pp: Annotated[Optional[int], typer.Option(help="Pipeline-parallel size (default: with RUN, the run's own as far as the processes hold it; standalone, 1).", show_default=False)] = None,
     nproc_per_node: NprocOpt = 1,
 ):
     """Per-token log p of every response token at theta_0 and theta_b (forward only, TP/PP/DP).
@@ -297,7 +297,7 @@ def rrt(
     final: Annotated[Optional[Path], typer.Option(help="theta_f checkpoint (default: RUN's last snapshot).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output checkpoint (default RUN/rrt).")] = None,
     tp: Annotated[Optional[int], typer.Option(help="Tensor-parallel size to compute at (default: with RUN, the run's own as far as the processes hold it; else 1).", show_default=False)] = None,
-    pp: Annotated[Optional[int], typer.Option(help="Pipeline-parallel size to compute at (default: as --tp).", show_default=False)] = None,
+    pp: Annotated[Optional[int], typer.Option(help="Pipeline-parallel size to compute at (default: with RUN, the run's own as far as the processes hold it; else 1).", show_default=False)] = None,
     nproc_per_node: NprocOpt = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ):
@@ -525,7 +525,8 @@ def plan(
         size += (f" ({P.count(num_parameters(shape, vocab_rows(1), active=True))} active per "
                  f"token; {shape.num_experts} experts, top-{shape.moe_topk}, ep={p.ep})")
     vocab = f"{inherited:,} vocabulary rows (model.init's)" if inherited else f"a {vocab_size:,}-token vocabulary"
-    out.print(f"{cfg.model.preset}: {size}, {vocab}; {n} GPUs; first row group = the config's layout "
+    how_many = f"{n} GPUs" if gpus else f"{n} GPUs (the layout's fewest; --gpus N for more data-parallel ranks)"
+    out.print(f"{cfg.model.preset}: {size}, {vocab}; {how_many}; first row group = the config's layout "
               f"(tp={p.tp} pp={p.pp} cp={p.cp}), recompute={cfg.model.recompute}")
     out.print(P.table(table, gpu_memory))
     if any(r.cp > 1 for r in table):

@@ -87,6 +87,10 @@ def render_example(ds: PackedDataset, which: Optional[str], mark: Optional[str],
         mark = next((c for c in ("t3s_mask",) if c in ds.channels), "loss_mask")
     if mark not in ds.channels:
         raise T3SError(f"--mark {mark}: no such channel (channels: {', '.join(ds.channels)})")
+    if ds.channels[mark].get("dtype") != "uint8":
+        masks = [c for c, info in ds.channels.items() if info.get("dtype") == "uint8"]
+        raise T3SError(f"--mark {mark}: a {ds.channels[mark].get('dtype')} channel; --mark shows the 0s of a uint8 "
+                       f"mask channel ({', '.join(masks)})")
     tok = load_tokenizer(ds.tokenizer_dir)
     tokens = ds.read_example(i)
     loss = ds.read_example(i, "loss_mask")

@@ -172,6 +172,8 @@ def test_add_channel_succeeds_and_stays_aligned(runs, tmp_path, monkeypatch, cap
          "channel name 'tokens' is reserved"),
         (("data", "inspect", "{packed}", "--example", "nope"), "{packed}: no example with id 'nope'"),
         (("data", "inspect", "{packed}", "--mark", "delta"), "--mark delta: no such channel (channels: tokens, loss_mask)"),
+        (("data", "inspect", "{packed}", "--mark", "tokens"),
+         "--mark tokens: a int32 channel; --mark shows the 0s of a uint8 mask channel (loss_mask)"),
         (("data", "pack", "-i", "{src}", "--tokenizer", "{tokenizer}", "--seq-length", "512", "-o", "{packed}"),
          "{packed}: output directory exists (pass --overwrite to replace it)"),
         (("data", "pack", "-i", "{src}", "--tokenizer", "{tokenizer}", "--seq-length", "512", "-o", "{root}/x",
