@@ -174,7 +174,7 @@ def sft(config: ConfigArg, overrides: OverridesArg = None, nproc_per_node: Nproc
     checkpoint.snapshot_interval steps, the trajectory that `t3s bottleneck` reads), checkpoints/iter_N
     (full, resumable; resume=auto continues from the latest complete one) and tensorboard/.
     """
-    launch_recipe("t3s_nemo.recipes.train", ["--mode", "sft", str(config), *(overrides or [])], nproc_per_node)
+    _launch_train("sft", config, overrides, nproc_per_node)
 
 
 @app.command("train")
@@ -185,7 +185,17 @@ def train(config: ConfigArg, overrides: OverridesArg = None, nproc_per_node: Npr
     mask.rule (ar | reverse, applied to the delta channel while loading). The loss is
     sum(w * ce) / sum(w) over the global batch, w = loss_mask x mask. Outputs as `t3s sft`.
     """
-    launch_recipe("t3s_nemo.recipes.train", ["--mode", "train", str(config), *(overrides or [])], nproc_per_node)
+    _launch_train("train", config, overrides, nproc_per_node)
+
+
+def _launch_train(mode: str, config: Path, overrides: Optional[list[str]], nproc: int) -> None:
+    args = ["--mode", mode, str(config), *(overrides or [])]
+    if nproc > 1:  # the config's own errors once, here, before nproc processes start and each finds them
+        from t3s_nemo.config import check_parallel
+        from t3s_nemo.recipes.train import parse_args
+
+        check_parallel(parse_args(args)[1], nproc)
+    launch_recipe("t3s_nemo.recipes.train", args, nproc)
 
 
 # ---- stages that later work fills in ---------------------------------------------------------------

@@ -45,6 +45,15 @@ def test_t3s_train_without_a_mask_is_a_clear_error(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_config_that_does_not_fit_the_processes_is_refused_before_they_start(tmp_path):
+    p = subprocess.run([*t3s(), "sft", "configs/tiny/sft.yaml", f"run_dir={tmp_path / 'r'}", "parallel.tp=3",
+                        "--nproc-per-node", "2"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        "error: config keys 'parallel.tp/pp/cp': tp*pp*cp = 3 does not divide the world size 2"]
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.skipif(te_available(), reason="with Transformer Engine, sequence parallelism is a valid config")
 def test_a_user_error_under_torchrun_exits_non_zero_with_one_message(tmp_path):
     # sequence parallelism needs Transformer Engine's norms: every rank refuses the config
