@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
             f"tp={cfg.parallel.tp} pp={cfg.parallel.pp} cp={cfg.parallel.cp} dp={dp}, "
             f"{nmb} micro-batch(es) of {cfg.train.micro_batch_size} x {packed.seq_length} tokens per step, "
             f"{bundle.dtype}; steps {start}->{cfg.train.steps}; run {run_dir}"
+            + (f"; T3S mask: mask.channel={cfg.mask.channel}" if cfg.mask.channel else
+               f"; T3S mask: mask.rule={cfg.mask.rule}" if cfg.mask.rule else "")
         )
     ckpt.at_start(model, start)
     preemption = Preemption()

@@ -25,6 +25,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        import t3s_nemo
+
+        try:
+            mcore = version("megatron-core")
+        except PackageNotFoundError:
+            mcore = "not installed"
+        print(f"t3s-nemo {t3s_nemo.__version__} (megatron-core {mcore}, python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the versions of t3s-nemo and megatron-core and exit.")] = False):
+    pass
+
+
 data_app = typer.Typer(help="Pack, inspect and extend packed datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -293,8 +315,10 @@ def mask(
     what = (f"{r['target_fraction']:.1%} of {r['response_tokens']:,} response tokens are targets (always noised)"
             if rule == "dllm" else f"{r['masked_fraction']:.1%} of {r['response_tokens']:,} response tokens masked")
     # the dLLM's targets are the yet-to-learn tokens (delta < -tau), not the anchors
-    key, label = (("top_yet_to_learn_tokens", "top yet-to-learn tokens") if rule == "dllm"
-                  else ("top_anchor_tokens", "top anchors"))
+    # the anchors (delta > 0) whatever the rule: what ar masks, what reverse keeps, a reference for the others
+    key, label = (("top_yet_to_learn_tokens", "top yet-to-learn tokens") if rule == "dllm" else
+                  ("top_anchor_tokens", {"ar": "top anchors (masked)", "reverse": "top anchors (the tokens kept)"}.get(
+                      rule, "top imitation anchors (delta > 0; not what this rule masks)")))
     console.print(f"{r['channel']}: rule {rule}, {what}; {label}: " + ", ".join(repr(t["token"]) for t in r[key][:10]))
     console.print(f"report: {Path(data) / 'masks' / (r['channel'] + '.html')}")
 

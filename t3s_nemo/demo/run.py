@@ -68,6 +68,7 @@ def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed:
     if not (hf / "config.json").is_file():
         console.rule("[bold]8. export the T3S-trained student to Hugging Face")
         export_snapshot(out / "t3s" / "checkpoints" / f"iter_{final}", hf, Path(summary["data"]) / "tokenizer")
+        console.print(f"wrote {hf} (step {final}; transformers and vLLM load it as-is)")
     console.rule("[bold]demo results")
     from t3s_nemo.io import read_json
 

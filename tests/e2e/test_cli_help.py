@@ -44,3 +44,13 @@ def test_eval_compare_has_its_own_help(monkeypatch, capsys):
     out = " ".join(capsys.readouterr().out.split())  # rich wraps at its own width
     assert "Usage: t3s eval compare [OPTIONS]" in out and "LABEL=PATH" in out
     assert "--benchmark" not in out  # not eval's options
+
+
+def test_version_names_t3s_nemo_and_megatron_core():
+    from importlib.metadata import version
+
+    import t3s_nemo
+
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0
+    assert r.output.startswith(f"t3s-nemo {t3s_nemo.__version__} (megatron-core {version('megatron-core')}, python ")
