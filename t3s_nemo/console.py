@@ -12,6 +12,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def heading(title: str) -> None:
+    """A stage heading: a rule across an interactive terminal; in logs, where rich assumes 80 columns and
+    would cut a long title, the whole title between two short rules."""
+    if console.is_terminal:
+        console.rule(f"[bold]{title}")
+    else:
+        console.print(f"[bold]── {title} ──[/]")
+
+
 def progress(transient: bool = False) -> Progress:
     """A progress bar on interactive terminals; disabled when stderr is not a TTY (Slurm logs, CI)."""
     enabled = sys.stderr.isatty() and os.environ.get("T3S_NO_PROGRESS") != "1"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from t3s_nemo.console import console
+from t3s_nemo.console import console, heading
 from t3s_nemo.errors import T3SError
 
 
@@ -66,10 +66,10 @@ def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed:
     final = max(int(p.name.split("_")[1]) for p in (out / "t3s" / "checkpoints").glob("iter_*"))
     hf = out / "t3s-hf"
     if not (hf / "config.json").is_file():
-        console.rule("[bold]8. export the T3S-trained student to Hugging Face")
+        heading("8. export the T3S-trained student to Hugging Face")
         export_snapshot(out / "t3s" / "checkpoints" / f"iter_{final}", hf, Path(summary["data"]) / "tokenizer")
         console.print(f"wrote {hf} (step {final}; transformers and vLLM load it as-is)")
-    console.rule("[bold]demo results")
+    heading("demo results")
     from t3s_nemo.io import read_json
 
     curves = read_json(out / "curves.json", "accuracy curves")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from t3s_nemo.console import console
+from t3s_nemo.console import console, heading
 
 BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "demo" / "student"
 
@@ -53,7 +53,7 @@ def build_student(out: Path, nproc: int = 1, phases=PHASES) -> Path:
     init = ""
     for k, (steps, lr, min_lr, warmup, seed) in enumerate(phases):
         run = work / f"phase{k + 1}"
-        console.rule(f"[bold]0. the student, phase {k + 1}/{len(phases)}: {steps} steps of student-style traces")
+        heading(f"0. the student, phase {k + 1}/{len(phases)}: {steps} steps of student-style traces")
         if not (run / "checkpoints" / f"iter_{steps}" / "t3s.json").is_file():
             data = [f"data.path={work / 'phase1' / 'data'}"] if k else ["data.input=pkg:assets/demo/student.jsonl"]
             launch_recipe("t3s_nemo.recipes.train", [

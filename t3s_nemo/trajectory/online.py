@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 
 from t3s_nemo.checkpoint import weights as W
 from t3s_nemo.config import Config, load_config
-from t3s_nemo.console import console
+from t3s_nemo.console import console, heading
 from t3s_nemo.errors import T3SError
 from t3s_nemo.io import atomic_write_json, atomic_write_text, read_json
 from t3s_nemo.trajectory.bottleneck import select
@@ -172,7 +172,7 @@ def run_online(cfg: Config, root: Path, nproc: int = 1, force: Optional[bool] = 
     step0 = sft_dir / "snapshots" / "step_0"
 
     def stage(title: str) -> None:
-        console.rule(f"[bold]online: {title}")
+        heading(f"online: {title}")
 
     # ---- phase 1: SFT in chunks of m steps, evaluating at each boundary ---------------------------------
     while state["phase"] == "sft":

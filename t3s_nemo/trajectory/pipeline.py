@@ -14,7 +14,7 @@ from typing import Optional
 
 from t3s_nemo.checkpoint import weights as W
 from t3s_nemo.config import Config, changed_keys, load_config, save_config
-from t3s_nemo.console import console
+from t3s_nemo.console import console, heading
 from t3s_nemo.errors import T3SError
 from t3s_nemo.io import atomic_write_json, read_json
 
@@ -55,7 +55,7 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     base_args = [str(root / "config.yaml")]
 
     def stage(title: str) -> None:
-        console.rule(f"[bold]{title}")
+        heading(title)
 
     interval = cfg.checkpoint.snapshot_interval or 1
     every = "a snapshot per step" if interval == 1 else f"a snapshot every {interval} steps"
