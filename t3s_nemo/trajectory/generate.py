@@ -158,7 +158,7 @@ def _run_transformers(hf_dir: Path, tok, prompts: list[list[int]], n: int, tempe
     model.to(device).eval()
     stops, pad = stop_token_ids(tok), pad_id(tok)
     # every sampling knob explicit: generate() fills unset ones from the exported generation_config.json
-    # (top_k=20) and transformers' defaults (top_k=50); vLLM's semantics are temperature + top_p only
+    # (a Qwen3 release's has top_k=20) and transformers' defaults (top_k=50); vLLM's are temperature + top_p only
     sampling = temperature > 0
     per_prompt = n if sampling else 1  # greedy samples are all the same: decode once, repeat
     gen = GenerationConfig(

@@ -138,7 +138,9 @@ def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path
     original, exported = load_file(hf / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     assert set(exported) == set(original)
     assert all(exported[k].dtype == torch.bfloat16 and torch.equal(exported[k], original[k]) for k in original)
-    assert json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"] == 2
+    gen = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == 2
+    assert (gen["temperature"], gen["top_p"], gen["top_k"]) == (0.6, 0.95, 0)  # as `t3s eval` samples
     # with a Base-style tokenizer (eos <|endoftext|>, turns end with <|im_end|>) transformers and vLLM must
     # stop at either
     run([*t3s(), "export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "base"), "--tokenizer",
