@@ -304,13 +304,14 @@ def mask(
     and DIR/masks/<channel>.json, .html (examples with anchors highlighted) and .png; train with
     `t3s train CONFIG mask.channel=<channel>`.
     """
-    from t3s_nemo.config import load_config
+    from t3s_nemo.config import load_config, locate_run_data
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.trajectory.mask_build import RULES, build_mask
 
     if rule not in RULES:  # before the dataset is looked for
         raise T3SError(f"--rule {rule}: unknown mask rule (one of {', '.join(RULES)})")
-    data = load_config(run / "config.yaml").data.path if (run / "config.yaml").is_file() else run
+    data = (locate_run_data(load_config(run / "config.yaml"), run).data.path if (run / "config.yaml").is_file()
+            else run)
     r = build_mask(PackedDataset(data), rule, name, seed, tau=tau)
     what = (f"{r['target_fraction']:.1%} of {r['response_tokens']:,} response tokens are targets (always noised)"
             if rule == "dllm" else f"{r['masked_fraction']:.1%} of {r['response_tokens']:,} response tokens masked")

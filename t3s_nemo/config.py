@@ -444,6 +444,25 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def locate_run_data(cfg: Config, run_dir: str | Path) -> Config:
+    """A run's config with its data.path found from any working directory.
+
+    Runs record data.path absolute; one made by an earlier version recorded it as typed, relative to the
+    directory the run was started from. That directory is where the recorded run_dir, also relative,
+    leads to this run: e.g. run_dir runs/demo/sft at /home/u/proj/runs/demo/sft was started from
+    /home/u/proj.
+    """
+    p, made = cfg.data.path, cfg.run_dir
+    if not p or os.path.isabs(p) or Path(p).exists() or not made or os.path.isabs(made):
+        return cfg
+    here, tail = Path(run_dir).resolve().parts, Path(os.path.normpath(made)).parts
+    if len(here) > len(tail) and here[-len(tail):] == tail:
+        candidate = Path(*here[: -len(tail)]) / p
+        if candidate.exists():
+            cfg.data.path = str(candidate)
+    return cfg
+
+
 def changed_keys(old: Config, new: Config) -> list[str]:
     """'key: old -> new' for every leaf key whose value differs between two configs."""
     out = []

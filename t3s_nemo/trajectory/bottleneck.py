@@ -376,7 +376,7 @@ def _umask() -> int:
 # ---- the stage -----------------------------------------------------------------------------------------
 def load_run_config(run_dir: Path, overrides: Sequence[str] = ()):
     """RUN/config.yaml plus generation.* / bottleneck.* / data.path overrides."""
-    from t3s_nemo.config import load_config
+    from t3s_nemo.config import load_config, locate_run_data
 
     for item in overrides:
         key = item.partition("=")[0].strip()
@@ -386,7 +386,7 @@ def load_run_config(run_dir: Path, overrides: Sequence[str] = ()):
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise T3SError(f"{run_dir}: not a trajectory run directory (no config.yaml)")
-    return load_config(path, list(overrides))
+    return locate_run_data(load_config(path, list(overrides)), run_dir)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from t3s_nemo.checkpoint import weights as W
-from t3s_nemo.config import load_config
+from t3s_nemo.config import load_config, locate_run_data
 from t3s_nemo.console import console
 from t3s_nemo.data.packed import PackedDataset, load_channel_file
 from t3s_nemo.errors import T3SError
@@ -61,7 +61,7 @@ def profile_run(run_dir: Path, nproc: int = 1, overrides: Optional[list[str]] = 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise T3SError(f"{run_dir}: run directory not found")
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = locate_run_data(load_config(run_dir / "config.yaml", overrides), run_dir)
     base, bottleneck = selectors(run_dir, cfg)
     out = run_dir / "profile"
     layout, note = run_layout(cfg, nproc, tp, pp)

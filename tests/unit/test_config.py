@@ -202,3 +202,19 @@ def test_check_parallel_errors_name_the_keys():
     assert str(info.value) == (
         "config key 'train.global_batch_size': 8 is not a multiple of micro_batch_size * data-parallel size = 1 * 3"
     )
+
+
+def test_a_runs_relative_data_path_is_found_from_another_directory(tmp_path, monkeypatch):
+    # runs made before data.path was recorded absolute: relative to where the run was started
+    from t3s_nemo.config import Config, locate_run_data
+
+    run = tmp_path / "proj" / "runs" / "x" / "sft"
+    (run / "data").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = Config()
+    cfg.run_dir, cfg.data.path = "runs/x/sft", "runs/x/sft/data"
+    assert locate_run_data(cfg, run).data.path == str(run / "data")
+    cfg.data.path = "runs/x/sft/nothing"  # nothing there either: left as recorded, for the error to name
+    assert locate_run_data(cfg, run).data.path == "runs/x/sft/nothing"
