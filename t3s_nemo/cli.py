@@ -306,13 +306,19 @@ def mask(
     """
     from t3s_nemo.config import load_config, locate_run_data
     from t3s_nemo.data.packed import PackedDataset
-    from t3s_nemo.trajectory.mask_build import RULES, build_mask
+    from t3s_nemo.trajectory.mask_build import RULES, build_mask, channel_name
 
     if rule not in RULES:  # before the dataset is looked for
         raise T3SError(f"--rule {rule}: unknown mask rule (one of {', '.join(RULES)})")
     data = (locate_run_data(load_config(run / "config.yaml"), run).data.path if (run / "config.yaml").is_file()
             else run)
-    r = build_mask(PackedDataset(data), rule, name, seed, tau=tau)
+    ds = PackedDataset(data)
+    before = ds.channels.get(channel_name(rule, name))
+    r = build_mask(ds, rule, name, seed, tau=tau)
+    if before is not None:
+        made = ", ".join(f"{k} {before[k]}" for k in ("rule", "seed") if k in before)
+        console.print(f"note: replaced the channel {r['channel']}{f' ({made})' if made else ''}; runs trained on "
+                      "it keep their checkpoints, a resumed one trains on the new mask")
     what = (f"{r['target_fraction']:.1%} of {r['response_tokens']:,} response tokens are targets (always noised)"
             if rule == "dllm" else f"{r['masked_fraction']:.1%} of {r['response_tokens']:,} response tokens masked")
     # the dLLM's targets are the yet-to-learn tokens (delta < -tau), not the anchors

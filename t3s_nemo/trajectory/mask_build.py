@@ -47,12 +47,17 @@ def _same_fraction(scores: list[np.ndarray], fraction: float) -> list[np.ndarray
     return out
 
 
+def channel_name(rule: str, name: Optional[str] = None) -> str:
+    """The channel a rule writes: t3s_mask for ar, mask_<rule> for the others, unless named."""
+    return name or ("t3s_mask" if rule == "ar" else "mask_" + rule.replace("-", "_"))
+
+
 def build_mask(ds: PackedDataset, rule: str, name: Optional[str] = None, seed: int = 0, overwrite: bool = True,
                top_k: int = 30, tau: float = 0.2) -> dict:
     """Write the mask channel for `rule` and return its report (also saved as DIR/masks/<name>.json)."""
     if rule not in RULES:
         raise T3SError(f"unknown mask rule '{rule}' (one of {', '.join(RULES)})")
-    name = name or ("t3s_mask" if rule == "ar" else "mask_" + rule.replace("-", "_"))
+    name = channel_name(rule, name)
     delta = _response(ds, "delta")
     anchors = [anchor_mask(d) for d in delta]
     anchor_fraction = 1 - float(np.concatenate(anchors).mean()) if anchors else 0.0

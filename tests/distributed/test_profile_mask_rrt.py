@@ -73,6 +73,9 @@ def test_masks_follow_their_rules(trajectory):
     # prompt tokens are never trained on, whatever the mask
     i = 0
     assert ds.read_example(i, "t3s_mask")[: ds.prompt_lengths[i]].sum() == 0
+    # a rerun says which channel it replaced and how that one was made
+    p = run([*t3s(), "mask", str(run_dir), "--rule", "random", "--seed", "3"])
+    assert "note: replaced the channel mask_random (rule random, seed 0)" in " ".join((p.stdout + p.stderr).split())
 
 
 def test_masked_training_uses_the_channel(trajectory, tmp_path):
