@@ -60,6 +60,15 @@ def _device_index(local: int) -> int:
                    "node (--nproc-per-node, srun --ntasks-per-node, or generation.tp for sampling)")
 
 
+def one_kernel_queue_for_overlap(parallel) -> None:
+    """CUDA_DEVICE_MAX_CONNECTIONS=1 under TP or CP, set before the CUDA context exists, as Megatron-LM
+    requires up to Hopper: megatron-core's TP/SP layers and CP attention launch their communication ahead
+    of the GEMM it overlaps, an order that only one hardware queue keeps (megatron-core warns without
+    it). A value the user exported is kept."""
+    if parallel.tp > 1 or parallel.cp > 1:
+        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+
+
 def init_distributed(timeout_minutes: int = 30) -> DistEnv:
     """Start the process group (nccl on GPU, gloo with the CPU mode otherwise). Idempotent."""
     global _LONG_WAIT

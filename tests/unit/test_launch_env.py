@@ -53,3 +53,21 @@ def test_each_process_gets_its_own_gpu_or_a_clear_error(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "5")
     with pytest.raises(T3SError, match="start at most 1 process"):
         _device_index(5)
+
+
+def test_tensor_or_context_parallel_runs_get_one_cuda_kernel_queue(monkeypatch):
+    # megatron-core's TP/CP overlap needs CUDA_DEVICE_MAX_CONNECTIONS=1 (Megatron-LM asserts it up to Hopper)
+    from types import SimpleNamespace
+
+    from t3s_nemo.training.distributed import one_kernel_queue_for_overlap
+
+    monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
+    one_kernel_queue_for_overlap(SimpleNamespace(tp=1, cp=1))
+    assert "CUDA_DEVICE_MAX_CONNECTIONS" not in os.environ
+    for tp, cp in ((2, 1), (1, 2)):
+        monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
+        one_kernel_queue_for_overlap(SimpleNamespace(tp=tp, cp=cp))
+        assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"
+    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "8")  # the user's own choice stays
+    one_kernel_queue_for_overlap(SimpleNamespace(tp=2, cp=1))
+    assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "8"
