@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
@@ -116,14 +118,13 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
     model_id = str(model.resolve())
     _check_same_model(out, benches, model_id)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".work-*"):  # the export of a run that was killed before it could clean up
-        shutil.rmtree(stale, ignore_errors=True)
+    _clear_killed_work(out)
 
     objective = W.read_marker(model).get("objective", "ar") if W.is_complete(model) else "ar"
     settings = {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
                 "max_new_tokens": gen.max_new_tokens, "seed": gen.seed,
                 "backend": resolve_backend(gen.backend, objective, gen.tp, checkpoint=W.is_complete(model))}
-    with tempfile.TemporaryDirectory(dir=out, prefix=".work-") as work:
+    with tempfile.TemporaryDirectory(dir=out, prefix=f"{_WORK}{socket.gethostname()}-{os.getpid()}-") as work:
         hf_dir, tok_dir, fp = _prepare_model(model, tokenizer, Path(work), export=settings["backend"] != "megatron")
         tok = load_tokenizer(tok_dir)
         if not getattr(tok, "chat_template", None):
@@ -167,6 +168,29 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
     return results
 
 
+_WORK = ".work-"  # OUT/.work-HOST-PID-XXXX: a model exported for sampling, deleted when the eval ends
+
+
+def _clear_killed_work(out: Path) -> None:
+    """Delete the exports of evals on this host that were killed before they could (another eval of the same
+    model may be sampling into OUT at the same time: its work directory stays)."""
+    host = socket.gethostname()
+    for work in out.glob(f"{_WORK}{host}-*"):
+        pid = work.name[len(_WORK) + len(host) + 1:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _check_same_model(out: Path, benches: dict, model_id: str) -> None:
     """OUT holds one model's answers: another model's would be reported under this one's name."""
     for name in benches:
@@ -178,7 +202,7 @@ def _check_same_model(out: Path, benches: dict, model_id: str) -> None:
                 other = json.loads(line).get("settings", {}).get("model")
             except (json.JSONDecodeError, AttributeError):
                 continue
-            if other != model_id:
+            if other is not None and other != model_id:  # None: an older version's answers, sampled again
                 raise T3SError(f"--out {out}: {path.name} holds the answers of {other or 'another model'}, not "
                                f"{model_id}; give each model its own --out")
 

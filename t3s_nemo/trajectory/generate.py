@@ -179,22 +179,24 @@ def _run_transformers(hf_dir: Path, tok, prompts: list[list[int]], n: int, tempe
             for r, i in enumerate(idx):  # left padding: every prompt ends where generation starts
                 ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
                 mask[r, width - len(prompts[i]):] = 1
-            # as for vLLM: a prompt and its answer stay within the model's context (RoPE past it is noise)
-            room = max_new_tokens if limit is None else min(max_new_tokens, limit - width)
-            if room < 1:
+            # as for vLLM: a prompt and its answer stay within the model's context (RoPE past it is noise).
+            # Each row has its own room: the batch runs as far as its shortest prompt allows, and every
+            # row is cut where its own prompt + answer reach the limit.
+            room = {i: max_new_tokens if limit is None else min(max_new_tokens, limit - len(prompts[i])) for i in idx}
+            if min(room.values()) < 1:
                 raise T3SError(f"{hf_dir}: a prompt of {width} tokens fills the model's context "
                                f"(max_position_embeddings {limit})")
-            if room < max_new_tokens and not warned:
+            if min(room.values()) < max_new_tokens and not warned:
                 warned = True
                 console.print(f"note: prompt + max_new_tokens {max_new_tokens} exceeds the model's context "
-                              f"(max_position_embeddings {limit}); answers end at {limit} tokens in all")
+                              f"(max_position_embeddings {limit}); an answer ends where prompt + answer reach {limit} tokens")
             set_seed(seed + b)  # reproducible per batch whatever ran before
             with torch.inference_mode():
                 seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen,
-                                      max_new_tokens=room)
+                                      max_new_tokens=max(room.values()))
             new = seqs[:, width:].cpu().tolist()
             for r, i in enumerate(idx):
-                out[i] = [_sample(tok, new[r * per_prompt + k % per_prompt], stops) for k in range(n)]
+                out[i] = [_sample(tok, new[r * per_prompt + k % per_prompt][: room[i]], stops) for k in range(n)]
             if on_progress:
                 on_progress(len(idx))
     finally:

@@ -1,7 +1,9 @@
 """`t3s eval` end to end on a tiny model (transformers backend, CPU), resume, compare, wrong tokenizer."""
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 
 from procs import DEMO, REPO, env, run, t3s
@@ -54,20 +56,29 @@ def test_eval_keeps_answers_within_the_models_context_and_clears_a_killed_runs_e
     bench = tmp_path / "mini.jsonl"
     bench.write_text("".join(DEMO.joinpath("test.jsonl").read_text().splitlines(True)[:2]))
     tok = load_tokenizer(hf)
-    width = max(len(tok.apply_chat_template([{"role": "user", "content": json.loads(x)["problem"]}], tokenize=True,
-                                            add_generation_prompt=True, return_dict=False))
-                for x in bench.read_text().splitlines())
+    lengths = [len(tok.apply_chat_template([{"role": "user", "content": json.loads(x)["problem"]}], tokenize=True,
+                                           add_generation_prompt=True, return_dict=False))
+               for x in bench.read_text().splitlines()]
+    width = max(lengths)
     cfg = json.loads((hf / "config.json").read_text())
     cfg["max_position_embeddings"] = width + 5
     (hf / "config.json").write_text(json.dumps(cfg))
-    stale = tmp_path / "ev" / ".work-killed" / "hf"
-    stale.mkdir(parents=True)
+    # an export left by a killed eval on this host goes; a running eval's (this test's process) stays
+    host, dead = socket.gethostname(), subprocess.Popen(["true"])
+    dead.wait()
+    stale, live = tmp_path / "ev" / f".work-{host}-{dead.pid}-x", tmp_path / "ev" / f".work-{host}-{os.getpid()}-y"
+    (stale / "hf").mkdir(parents=True)
+    (live / "hf").mkdir(parents=True)
+    # an answer saved by an older version (no model in its settings) is sampled again, not refused
+    (tmp_path / "ev" / "mini.jsonl").write_text(json.dumps({"id": "x", "settings": {"n": 1}, "correct": [True]}) + "\n")
     p = run([*t3s(), "eval", str(hf), "--benchmark", str(bench), "--out", str(tmp_path / "ev"), "--n", "1",
              "--temperature", "0", "--max-new-tokens", "40", "--backend", "transformers"])
-    assert f"answers end at {width + 5} tokens in all" in " ".join((p.stdout + p.stderr).split())
-    records = [json.loads(x) for x in (tmp_path / "ev" / "mini.jsonl").read_text().splitlines()]
-    assert max(t for r in records for t in r["num_tokens"]) <= 5
-    assert not (tmp_path / "ev" / ".work-killed").exists()
+    assert f"an answer ends where prompt + answer reach {width + 5} tokens" in " ".join((p.stdout + p.stderr).split())
+    records = [json.loads(x) for x in (tmp_path / "ev" / "mini.jsonl").read_text().splitlines()][1:]
+    # each answer has its own room: the shorter prompt's may run longer than the longer one's 5 tokens
+    assert len(records) == 2 and all(r["num_tokens"][0] <= width + 5 - n for r, n in zip(records, lengths))
+    assert max(r["num_tokens"][0] for r in records) <= 40
+    assert not stale.exists() and live.exists()
 
 
 def test_eval_refuses_a_missing_answer_field(tmp_path):
