@@ -445,28 +445,42 @@ def to_yaml(cfg: Config) -> str:
 
 
 def locate_run_data(cfg: Config, run_dir: str | Path) -> Config:
-    """A run's config with its data.path found from any working directory.
+    """A run's config with its data.path found from any working directory, and after the run moved.
 
     Runs record data.path absolute; one made by an earlier version recorded it as typed, relative to the
     directory the run was started from. That directory is where the recorded run_dir, also relative,
-    leads to this run: e.g. run_dir runs/demo/sft at /home/u/proj/runs/demo/sft was started from
-    /home/u/proj.
+    leads to this run: run_dir runs/demo/sft, now at /home/u/proj/runs/demo/sft, was started from
+    /home/u/proj. A dataset packed inside the run (run_dir/data) moves with it: when the recorded path
+    is gone, the part of it below the recorded run_dir is looked for below the run's directory now.
     """
     p, made = cfg.data.path, cfg.run_dir
-    if not p or os.path.isabs(p) or Path(p).exists() or not made or os.path.isabs(made):
+    if not p or Path(p).exists() or not made:
         return cfg
-    here, tail = Path(run_dir).resolve().parts, Path(os.path.normpath(made)).parts
-    if len(here) > len(tail) and here[-len(tail):] == tail:
-        candidate = Path(*here[: -len(tail)]) / p
+    here = Path(run_dir).resolve()
+    candidates = []
+    if not os.path.isabs(made) and not os.path.isabs(p):
+        tail = Path(os.path.normpath(made)).parts
+        if len(here.parts) > len(tail) and here.parts[-len(tail):] == tail:
+            candidates.append(Path(*here.parts[: -len(tail)]) / p)
+    made_parts = [x for x in Path(os.path.normpath(made)).parts if x != os.sep]
+    data_parts = Path(os.path.normpath(p)).parts
+    for k in range(len(data_parts) - len(made_parts), -1, -1):  # the last place the run_dir appears
+        if list(data_parts[k : k + len(made_parts)]) == made_parts:
+            candidates.append(here.joinpath(*data_parts[k + len(made_parts):]))
+            break
+    for candidate in candidates:
         if candidate.exists():
             cfg.data.path = str(candidate)
+            break
     return cfg
 
 
-def changed_keys(old: Config, new: Config) -> list[str]:
+def changed_keys(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[str]:
     """'key: old -> new' for every leaf key whose value differs between two configs."""
     out = []
     for key in _all_keys(Config()):
+        if key in ignore:
+            continue
         a, b = get(old, key), get(new, key)
         if not dataclasses.is_dataclass(a) and a != b:
             out.append(f"{key}: {a!r} -> {b!r}")

@@ -25,6 +25,12 @@ def demo_overrides(out: Path, steps: Optional[int], seed: int, student: Optional
     return o
 
 
+def _settings(cfg) -> dict:
+    """What the demo's options set, as the run uses it (--out may be given relative or absolute)."""
+    return {"seed": cfg.train.seed, "steps": cfg.pipeline.sft_steps or cfg.train.steps,
+            "retraining steps": cfg.train.steps, "student": cfg.model.init}
+
+
 def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed: int = 1,
              student: Optional[Path] = None, rebuild_student: bool = False) -> dict:
     import shutil
@@ -50,11 +56,16 @@ def run_demo(out: Path, steps: Optional[int], nproc: int, overwrite: bool, seed:
     if not overwrite and (out / "config.yaml").is_file():
         # the demo's stages resume, and a stage that finished is not redone: a rerun with another seed or
         # step count would show the earlier run's results under the new settings
-        from t3s_nemo.config import changed_keys, load_config
+        from t3s_nemo.config import load_config
 
         made = (Path(student) if student else out / "student") if rebuild_student else student
-        changes = changed_keys(load_config(out / "config.yaml"),
-                               load_config(demo_config(), demo_overrides(out, steps, seed, made)))
+        try:
+            before = _settings(load_config(out / "config.yaml"))
+        except T3SError as e:
+            raise T3SError(f"--out {out} holds a demo run whose config.yaml this version cannot read ({e}); add "
+                           "--overwrite to redo it, or choose another --out") from None
+        now = _settings(load_config(demo_config(), demo_overrides(out, steps, seed, made)))
+        changes = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in now if before[k] != now[k]]
         if changes:
             raise T3SError(f"--out {out} holds a demo run made with other settings ({'; '.join(changes)}); add "
                            "--overwrite to redo it with these, or choose another --out")

@@ -47,6 +47,11 @@ def _same_fraction(scores: list[np.ndarray], fraction: float) -> list[np.ndarray
     return out
 
 
+def check_rule(rule: str) -> None:
+    if rule not in RULES:
+        raise T3SError(f"unknown mask rule '{rule}' (one of {', '.join(RULES)})")
+
+
 def channel_name(rule: str, name: Optional[str] = None) -> str:
     """The channel a rule writes: t3s_mask for ar, mask_<rule> for the others, unless named."""
     return name or ("t3s_mask" if rule == "ar" else "mask_" + rule.replace("-", "_"))
@@ -55,8 +60,7 @@ def channel_name(rule: str, name: Optional[str] = None) -> str:
 def build_mask(ds: PackedDataset, rule: str, name: Optional[str] = None, seed: int = 0, overwrite: bool = True,
                top_k: int = 30, tau: float = 0.2) -> dict:
     """Write the mask channel for `rule` and return its report (also saved as DIR/masks/<name>.json)."""
-    if rule not in RULES:
-        raise T3SError(f"unknown mask rule '{rule}' (one of {', '.join(RULES)})")
+    check_rule(rule)
     name = channel_name(rule, name)
     delta = _response(ds, "delta")
     anchors = [anchor_mask(d) for d in delta]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from t3s_nemo.checkpoint import weights as W
-from t3s_nemo.config import Config, load_config
+from t3s_nemo.config import Config, load_config, locate_run_data
 from t3s_nemo.console import console, heading
 from t3s_nemo.errors import T3SError
 from t3s_nemo.io import atomic_write_json, atomic_write_text, read_json
@@ -180,7 +180,7 @@ def run_online(cfg: Config, root: Path, nproc: int = 1, force: Optional[bool] = 
         if current == 0 or not W.is_complete(step0):
             current = 0
         if current > 0:
-            data = load_config(sft_dir / "config.yaml").data.path
+            data = locate_run_data(load_config(sft_dir / "config.yaml"), sft_dir).data.path
             if state["logp0"] is None:
                 stage("theta_0 log p (once) -> channel logp0")
                 out = sft_dir / "profile" / "theta_0"
@@ -228,7 +228,7 @@ def run_online(cfg: Config, root: Path, nproc: int = 1, force: Optional[bool] = 
             "checkpoint.snapshot_window=null", f"checkpoint.keep_last={max(cfg.checkpoint.keep_last, 1)}"], nproc)
         _write_merged_log(root, state)
 
-    data = load_config(sft_dir / "config.yaml").data.path
+    data = locate_run_data(load_config(sft_dir / "config.yaml"), sft_dir).data.path
     det = state["detection"]
     theta_b = Path(det["theta_b"])
 

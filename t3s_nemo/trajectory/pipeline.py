@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Optional
 
 from t3s_nemo.checkpoint import weights as W
-from t3s_nemo.config import Config, changed_keys, load_config, save_config
+from t3s_nemo.config import Config, changed_keys, load_config, locate_run_data, save_config
 from t3s_nemo.console import console, heading
 from t3s_nemo.errors import T3SError
 from t3s_nemo.io import atomic_write_json, read_json
+from t3s_nemo.trajectory.mask_build import RULES, channel_name
 
-MASK_CHANNEL = {"ar": "t3s_mask", "reverse": "mask_reverse", "static-confidence": "mask_static_confidence",
-                "static-confidence-low": "mask_static_confidence_low", "random": "mask_random"}
+MASK_CHANNEL = {rule: channel_name(rule) for rule in RULES if rule != "dllm"}  # the rules a pipeline trains with
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -39,7 +39,10 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
         raise T3SError("config key 'run_dir' is required")
     root = Path(cfg.run_dir)
     if (root / "config.yaml").is_file():  # a rerun: finished stages are kept as they were made
-        changes = changed_keys(load_config(root / "config.yaml"), cfg)
+        try:
+            changes = changed_keys(load_config(root / "config.yaml"), cfg, ignore=("run_dir",))
+        except T3SError as e:  # saved by another version
+            changes = [f"(the saved config.yaml could not be read: {e})"]
         if changes:
             console.print(f"[yellow]note:[/] {root} was made with another config; stages that finished keep "
                           "their results, the rest run with the new one (a new run_dir starts afresh). Changed: "
@@ -67,7 +70,8 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
                                                  f"train.steps={sft_steps}", "checkpoint.snapshot_step0=true",
                                                  f"checkpoint.snapshot_interval={interval}"],
                       nproc)
-    data = load_config(sft_dir / "config.yaml").data.path  # packed on first use when data.path was empty
+    # packed on first use when data.path was empty
+    data = locate_run_data(load_config(sft_dir / "config.yaml"), sft_dir).data.path
 
     at = "every snapshot" if cfg.bottleneck.every == 1 else f"one snapshot in {cfg.bottleneck.every}"
     stage(f"2. bottleneck: sample and verify the training prompts at {at}")

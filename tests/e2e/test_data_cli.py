@@ -173,7 +173,7 @@ def test_add_channel_succeeds_and_stays_aligned(runs, tmp_path, monkeypatch, cap
         (("data", "inspect", "{packed}", "--example", "nope"), "{packed}: no example with id 'nope'"),
         (("data", "inspect", "{packed}", "--mark", "delta"), "--mark delta: no such channel (channels: tokens, loss_mask)"),
         (("data", "inspect", "{packed}", "--mark", "tokens"),
-         "--mark tokens: a int32 channel; --mark shows the 0s of a uint8 mask channel (loss_mask)"),
+         "--mark tokens: a channel of int32; --mark shows the 0s of a uint8 mask channel (loss_mask)"),
         (("data", "pack", "-i", "{src}", "--tokenizer", "{tokenizer}", "--seq-length", "512", "-o", "{packed}"),
          "{packed}: output directory exists (pass --overwrite to replace it)"),
         (("data", "pack", "-i", "{src}", "--tokenizer", "{tokenizer}", "--seq-length", "512", "-o", "{root}/x",
@@ -265,8 +265,20 @@ def test_demo_refuses_to_show_an_earlier_runs_results_under_new_settings(tmp_pat
     saved = (out / "config.yaml").read_text()
     code, _, err = run_main(monkeypatch, capsys, "demo", "--out", out, "--seed", "2")
     assert code == 1 and "Traceback" not in err
-    assert err.startswith(f"error: --out {out} holds a demo run made with other settings (train.seed: 1 -> 2;")
+    assert err.startswith(f"error: --out {out} holds a demo run made with other settings (seed: 1 -> 2)")
     assert "--overwrite" in err and (out / "config.yaml").read_text() == saved and len(list(out.iterdir())) == 1
+
+
+def test_the_same_demo_settings_spelled_another_way_are_the_same(tmp_path, monkeypatch):
+    # --out relative or absolute, --steps 40 or its default: not a change that the demo must refuse
+    from t3s_nemo.config import load_config
+    from t3s_nemo.demo.run import _settings, demo_overrides
+    from t3s_nemo.demo.student import demo_config
+
+    monkeypatch.chdir(tmp_path)
+    made = _settings(load_config(demo_config(), demo_overrides(Path("demo"), None, 1, None)))
+    assert made == _settings(load_config(demo_config(), demo_overrides(tmp_path / "demo", 40, 1, None)))
+    assert made != _settings(load_config(demo_config(), demo_overrides(Path("demo"), 20, 1, None)))
 
 
 def test_changed_keys_lists_each_leaf_that_differs():
@@ -277,3 +289,22 @@ def test_changed_keys_lists_each_leaf_that_differs():
     b = load_config(tiny, ["train.seed=7", "parallel.tp=2"])
     assert changed_keys(a, a) == []
     assert changed_keys(a, b) == ["parallel.tp: 1 -> 2", "train.seed: 1234 -> 7"]
+    assert changed_keys(a, b, ignore=("train.seed",)) == ["parallel.tp: 1 -> 2"]
+
+
+def test_a_pipeline_rerun_names_the_keys_that_changed(tmp_path):
+    from t3s_nemo.config import load_config, save_config
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml"
+    root = tmp_path / "p"
+    root.mkdir()
+    save_config(load_config(tiny, [f"run_dir={root}"]), root / "config.yaml")
+    cli = [sys.executable, "-m", "t3s_nemo.cli"]
+    # run_dir spelled another way is not a change; the seed is (the missing dataset then ends the run)
+    p = subprocess.run([*cli, "pipeline", str(tiny), "run_dir=p", "train.seed=7", f"data.path={tmp_path / 'none'}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "T3S_NO_PROGRESS": "1"})
+    err = " ".join(p.stderr.split())
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "was made with another config" in err
+    assert "Changed: data.path: '' -> " in err and "; train.seed: 1234 -> 7" in err and "run_dir" not in err.split("Changed:")[1]

@@ -218,3 +218,16 @@ def test_a_runs_relative_data_path_is_found_from_another_directory(tmp_path, mon
     assert locate_run_data(cfg, run).data.path == str(run / "data")
     cfg.data.path = "runs/x/sft/nothing"  # nothing there either: left as recorded, for the error to name
     assert locate_run_data(cfg, run).data.path == "runs/x/sft/nothing"
+
+
+def test_a_dataset_packed_inside_a_run_is_found_after_the_run_moved(tmp_path):
+    from t3s_nemo.config import Config, locate_run_data
+
+    run = tmp_path / "new" / "proj" / "runs" / "x" / "sft"
+    (run / "data").mkdir(parents=True)
+    for made in ("runs/x/sft", str(tmp_path / "old" / "proj" / "runs" / "x" / "sft")):  # as typed, or absolute
+        cfg = Config()
+        cfg.run_dir, cfg.data.path = made, str(tmp_path / "old" / "proj" / "runs" / "x" / "sft" / "data")
+        assert locate_run_data(cfg, run).data.path == str(run / "data"), made
+    cfg.data.path = "/elsewhere/data"  # not inside the run: left as recorded, for the error to name
+    assert locate_run_data(cfg, run).data.path == "/elsewhere/data"
