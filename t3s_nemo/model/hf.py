@@ -194,8 +194,8 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
             # every token that ends a turn (tokenizer.stop_token_ids): transformers and vLLM stop at each
             "bos_token_id": tok.bos_token_id, "eos_token_id": _one_or_list(stop_token_ids(tok)),
             "pad_token_id": tok.pad_token_id,
-            # the paper's evaluation sampling, as `t3s eval` samples: no top-k (0; unset, transformers
-            # would apply its default 50)
+            # the paper's evaluation sampling, as `t3s eval` samples: no top-k. 0, not null: transformers
+            # fills a null with its default 50; vLLM takes 0 as off since 0.9 (the eval extra's minimum)
             "do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 0,
         })
         for name in TOKENIZER_FILES:
