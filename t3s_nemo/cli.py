@@ -12,7 +12,19 @@ import typer
 from t3s_nemo.console import console, print_error
 from t3s_nemo.errors import T3SError
 
+class _Commands(typer.core.TyperGroup):
+    """`t3s eval compare ...` runs the command registered as "eval compare": `eval` takes a model path as its
+    first argument, so `compare` cannot be a click subcommand of it; the name with a space gives the
+    compare command its own --help and usage line, and keeps it out of the command list."""
+
+    def parse_args(self, ctx, args):
+        if args[:2] == ["eval", "compare"]:
+            args = ["eval compare", *args[2:]]
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="t3s",
     help=(
         "T3S (Training-Trajectory-Aware Token Selection) on megatron-core.\n\n"
@@ -306,10 +318,9 @@ def mask(
     """
     from t3s_nemo.config import load_config, locate_run_data
     from t3s_nemo.data.packed import PackedDataset
-    from t3s_nemo.trajectory.mask_build import RULES, build_mask, channel_name
+    from t3s_nemo.trajectory.mask_build import build_mask, channel_name, check_rule
 
-    if rule not in RULES:  # before the dataset is looked for
-        raise T3SError(f"--rule {rule}: unknown mask rule (one of {', '.join(RULES)})")
+    check_rule(rule)  # before the dataset is looked for
     data = (locate_run_data(load_config(run / "config.yaml"), run).data.path if (run / "config.yaml").is_file()
             else run)
     ds = PackedDataset(data)
@@ -462,10 +473,7 @@ def eval_(
     console.print(f"wrote {out / 'results.json'}")
 
 
-# `t3s eval compare ...` is routed here by main(): `eval` takes a model path as its first argument, so
-# `compare` cannot be a click subcommand of it, and a command registered under the name "eval compare"
-# gets its own --help and usage line ("t3s eval compare") while staying out of the command list.
-@app.command("eval compare", hidden=True)
+@app.command("eval compare", hidden=True)  # `t3s eval compare`: see _Commands
 def eval_compare(
     results: Annotated[list[Path], typer.Argument(help="`t3s eval` results.json files; LABEL=PATH names a row (default: the file's directory name).", show_default=False)],
     out: Annotated[Optional[Path], typer.Option(help="Also plot avg@k per benchmark to this file (.png, .pdf or .svg).")] = None,
@@ -694,11 +702,8 @@ def _reflow_help(typer_app) -> None:
 
 def main() -> None:
     _reflow_help(app)
-    args = sys.argv[1:]
-    if args[:2] == ["eval", "compare"]:
-        args = ["eval compare", *args[2:]]
     try:
-        rc = app(args=args, prog_name="t3s", standalone_mode=False)  # without standalone mode, click returns typer.Exit's code instead of exiting
+        rc = app(prog_name="t3s", standalone_mode=False)  # without standalone mode, click returns typer.Exit's code instead of exiting
         if isinstance(rc, int) and rc != 0:
             sys.exit(rc)
     except T3SError as e:

@@ -89,7 +89,7 @@ def render_example(ds: PackedDataset, which: Optional[str], mark: Optional[str],
         raise T3SError(f"--mark {mark}: no such channel (channels: {', '.join(ds.channels)})")
     if ds.channels[mark].get("dtype") != "uint8":
         masks = [c for c, info in ds.channels.items() if info.get("dtype") == "uint8"]
-        raise T3SError(f"--mark {mark}: a {ds.channels[mark].get('dtype')} channel; --mark shows the 0s of a uint8 "
+        raise T3SError(f"--mark {mark}: a channel of {ds.channels[mark].get('dtype')}; --mark shows the 0s of a uint8 "
                        f"mask channel ({', '.join(masks)})")
     tok = load_tokenizer(ds.tokenizer_dir)
     tokens = ds.read_example(i)

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from t3s_nemo.cli import app
 
 STAGES = ["sft", "train", "bottleneck", "profile", "mask", "rrt", "export", "import", "pipeline", "eval",
-          "demo", "plan", "data pack", "data inspect", "data add-channel", "data mix", "analyze gradients",
+          "eval compare", "demo", "plan", "data pack", "data inspect", "data add-channel", "data mix", "analyze gradients",
           "analyze transfer"]
 
 
@@ -30,7 +30,7 @@ def test_help_paragraphs_flow_to_the_terminal_width():
 
 
 def test_eval_compare_has_its_own_help(monkeypatch, capsys):
-    """`eval` takes a model path first, so main() routes `t3s eval compare` to its own command and help."""
+    """`eval` takes a model path first, so `t3s eval compare` is routed to its own command and help."""
     import sys
 
     from t3s_nemo.cli import main
