@@ -82,19 +82,20 @@ class Engine:
         from t3s_nemo.checkpoint import weights as W
         from t3s_nemo.checkpoint.consolidate import run_config
         from t3s_nemo.data.packed import PackedDataset
-        from t3s_nemo.training.distributed import init_distributed, init_model_parallel
+        from t3s_nemo.training.distributed import init_distributed, init_model_parallel, one_kernel_queue_for_overlap
         from t3s_nemo.training.setup import build_model
 
-        self.env = init_distributed()
-        self.packed = PackedDataset(a.data)
-        if "delta" not in self.packed.channels:
-            raise T3SError(f"{a.data}: no 'delta' channel; run `t3s profile RUN` first")
         marker = W.read_marker(a.checkpoint[0])
         # full activation recomputation unless told otherwise: the gradients of a 32B student at 16k tokens
         # would keep ~70 GB of activations per GPU without it, beside two gradient copies. megatron
         # recomputes only in training mode, which changes nothing else here: the presets have no dropout,
         # and an MoE router would add its load-balancing loss to every gradient, so its coefficient is 0.
         cfg = run_config(marker, ["model.recompute=full", "model.moe_aux_loss_coeff=0", *a.overrides])
+        one_kernel_queue_for_overlap(cfg.parallel)  # backward at TP > 1, as in training; before CUDA starts
+        self.env = init_distributed()
+        self.packed = PackedDataset(a.data)
+        if "delta" not in self.packed.channels:
+            raise T3SError(f"{a.data}: no 'delta' channel; run `t3s profile RUN` first")
         if cfg.parallel.pp != 1 or cfg.parallel.cp != 1:
             raise T3SError("t3s analyze runs in one pipeline stage without context parallelism "
                            "(parallel.pp=1 parallel.cp=1; use parallel.tp to split a large model)")

@@ -12,7 +12,8 @@ megatron-core's static inference engine keeps a KV cache. Temperature 0 is greed
 
 A dLLM checkpoint (marker objective=dllm) is sampled with LLaDA's block-wise low-confidence remasking
 instead (t3s_nemo/dllm/sampler.py; the marker's mask_token_id; --dllm-block-length, --dllm-steps-per-block;
-the answer length is max-new-tokens rounded up to a whole block; top-p is not used).
+the answer length is max-new-tokens rounded up to a whole block; top-p is not used; it stops at --eos
+only, and the caller cuts the text at the first --also-stop id).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def main(argv=None) -> None:
     context = StaticInferenceContext(max_batch_size=batch, max_sequence_length=max_len)
     controller = _stop_at_any(TextGenerationController)(GPTInferenceWrapper(model, context),
                                                         _TokenIds(a.eos, bundle.vocab_size))
-    controller.stop_ids = torch.tensor(sorted({a.eos, *a.also_stop}))
+    controller.stop_ids = torch.tensor(sorted({a.eos, *a.also_stop}), device=collective_device())  # where tokens are
     # every TP rank draws the same tokens from the same seed (megatron keeps the TP ranks in step)
     engine = StaticInferenceEngine(controller, max_batch_size=batch, random_seed=a.seed + 1 + dp_rank, legacy=True)
     if a.temperature == 0:

@@ -102,6 +102,11 @@ class Preemption:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from t3s_nemo.training.distributed import one_kernel_queue_for_overlap
+
+    mode, cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    one_kernel_queue_for_overlap(cfg.parallel)  # before megatron-core (and Transformer Engine) import
+
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -111,15 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     from t3s_nemo.model.qwen3 import num_parameters, step_flops
     from t3s_nemo.training import data as tdata
     from t3s_nemo.training.context_parallel import split_for_context_parallel
-    from t3s_nemo.training.distributed import (collective_device, init_distributed, init_model_parallel,
-                                               one_kernel_queue_for_overlap, rank0_says, shutdown)
+    from t3s_nemo.training.distributed import (collective_device, init_distributed, init_model_parallel, rank0_says,
+                                               shutdown)
     from t3s_nemo.training.logging import TrajectoryLog, peak_flops, print_line
     from t3s_nemo.training.loss import schedule_shape, t3s_forward_step
     from t3s_nemo.training.setup import build_model, build_optimizer, build_scheduler, vocab_rows, wrap_ddp
 
     # ---- set-up -------------------------------------------------------------------------------------
-    mode, cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    one_kernel_queue_for_overlap(cfg.parallel)  # before CUDA starts
     env = init_distributed()
     dp = check_parallel(cfg, env.world_size)
     init_model_parallel(cfg.parallel)

@@ -64,7 +64,7 @@ def one_kernel_queue_for_overlap(parallel) -> None:
     """CUDA_DEVICE_MAX_CONNECTIONS=1 under TP or CP, set before the CUDA context exists, as Megatron-LM
     requires up to Hopper: megatron-core's TP/SP layers and CP attention launch their communication ahead
     of the GEMM it overlaps, an order that only one hardware queue keeps (megatron-core warns without
-    it). A value the user exported is kept."""
+    it). Blackwell no longer needs it, and loses little with it. A value the user exported is kept."""
     if parallel.tp > 1 or parallel.cp > 1:
         os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
 
