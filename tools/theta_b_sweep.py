@@ -29,7 +29,7 @@ def sweep_run(root: Path, steps: list[int], out: Path) -> dict:
     from t3s_nemo.checkpoint.manager import step_dirs
     from t3s_nemo.cli import launch_recipe
     from t3s_nemo.config import load_config
-    from t3s_nemo.console import console, progress
+    from t3s_nemo.console import heading, progress
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.io import read_json
     from t3s_nemo.trajectory.bottleneck import (evaluate_cached, generation_settings, result_key,
@@ -55,7 +55,7 @@ def sweep_run(root: Path, steps: list[int], out: Path) -> dict:
         if not W.is_complete(snap):
             raise SystemExit(f"error: {snap}: no complete snapshot at step {b}")
         d = out / root.name / f"theta_b_{b}"
-        console.rule(f"{root.name}: theta_b = step {b}")
+        heading(f"{root.name}: theta_b = step {b}")
         if not (d / "data").is_dir():
             tmp = d / ".data.tmp"
             shutil.rmtree(tmp, ignore_errors=True)

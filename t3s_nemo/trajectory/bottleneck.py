@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from t3s_nemo.errors import T3SError
+from t3s_nemo.io import atomic_write_bytes
 
 RESULTS = "bottleneck"
 SUMMARY = "bottleneck.json"
@@ -350,27 +350,7 @@ def write_plot(path: Path, steps: Sequence[int], accuracy: Sequence[float], loss
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write_bytes(path, buf.getvalue())
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ---- the stage -----------------------------------------------------------------------------------------
