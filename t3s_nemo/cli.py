@@ -468,9 +468,13 @@ def eval_(
     gen = GenerationConfig(backend=backend, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                            batch_size=batch_size, seed=seed, tp=tp)
     r = E.evaluate(model, benchmark, out, gen, tokenizer, problem_field, answer_field)
-    out_console = console.__class__(highlight=False, width=max(110, console.width))
-    out_console.print(E.table({model.name: r}))
+    _wide_console().print(E.table({model.name: r}))
     console.print(f"wrote {out / 'results.json'}")
+
+
+def _wide_console():
+    """A console at least 110 columns wide for tables: in a log rich assumes 80 and squeezes their columns."""
+    return console.__class__(highlight=False, width=max(110, console.width))
 
 
 @app.command("eval compare", hidden=True)  # `t3s eval compare`: see _Commands
@@ -494,8 +498,7 @@ def eval_compare(
         if not isinstance(r, dict) or not isinstance(r.get("benchmarks"), dict) or "overall" not in r:
             raise T3SError(f"{path}: not a `t3s eval` results.json (expected 'benchmarks' and 'overall')")
         loaded[label or Path(path).parent.name] = r
-    out_console = console.__class__(highlight=False, width=max(110, console.width))
-    out_console.print(E.table(loaded))
+    _wide_console().print(E.table(loaded))
     if out:
         E.compare_plot(loaded, out)
         console.print(f"wrote {out}")
@@ -567,7 +570,7 @@ def plan(
                                    cfg.train.micro_batch_size, cfg.model.recompute,
                                    p.sequence_parallel, p.distributed_optimizer, cfg.train.precision != "fp32",
                                    params=params[(tp, pp, p.ep)], ep=p.ep, gathered_kv=gathered_kv))
-    out = console.__class__(highlight=False, width=max(110, console.width))
+    out = _wide_console()
     total = num_parameters(shape, vocab_rows(1))
     size = f"{P.count(total)} parameters"
     if shape.is_moe:

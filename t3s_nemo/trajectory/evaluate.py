@@ -203,7 +203,7 @@ def _check_same_model(out: Path, benches: dict, model_id: str) -> None:
             except (json.JSONDecodeError, AttributeError):
                 continue
             if other is not None and other != model_id:  # None: an older version's answers, sampled again
-                raise T3SError(f"--out {out}: {path.name} holds the answers of {other or 'another model'}, not "
+                raise T3SError(f"--out {out}: {path.name} holds the answers of {other}, not "
                                f"{model_id}; give each model its own --out")
 
 
