@@ -256,6 +256,10 @@ def evaluate_snapshot(snapshot: Path, step: int, prompts: list[list[int]], answe
 # what a sample's score depends on besides the settings: 2 = stop at the template's end of turn too, and
 # read the answer after </think> (older saved results are evaluated again)
 SCORING = 2
+# the megatron sampler's version in the results it makes: 2 = a row ends at any of the template's stop ids and
+# keeps it (recipes/sample.py). Before, the engine ended rows at one id only, so a student that ended a turn
+# with another stop ran on to max_new_tokens (more text to read an answer from) and token counts were one short.
+MEGATRON_SAMPLER = 2
 
 
 def result_key(gen: dict, ids: list[str]) -> dict:
@@ -273,6 +277,8 @@ def load_result(path: Path, key: dict) -> Optional[dict]:
     except (OSError, json.JSONDecodeError):
         return None
     if any(r.get(k) != key[k] for k in ("generation", "ids", "scoring")):
+        return None
+    if r.get("backend") == "megatron" and r.get("megatron_sampler", 1) != MEGATRON_SAMPLER:
         return None
     return r
 
@@ -302,6 +308,8 @@ def evaluate_cached(snapshots: Sequence[tuple[int, Path]], results_dir: Path, pr
             )
             bar.remove_task(task)
             r.update(key, backend=gen["backend"])
+            if gen["backend"] == "megatron":
+                r["megatron_sampler"] = MEGATRON_SAMPLER
             atomic_write_json(out, r)
             console.print(f"{label} {step}: train accuracy {r['accuracy']:.3f} ({sum(r['correct'])}/"
                           f"{r['prompts'] * r['n']}), {r['mean_tokens']:.0f} tokens per answer, {r['seconds']:.0f} s")

@@ -9,6 +9,7 @@ from t3s_nemo.errors import T3SError
 from t3s_nemo.trajectory.bottleneck import (
     argmin,
     first_recovery,
+    MEGATRON_SAMPLER,
     load_result,
     moving_average,
     no_dip_message,
@@ -141,6 +142,12 @@ def test_saved_results_are_reused_only_with_the_same_settings_and_prompts(tmp_pa
     # a result scored before the end-of-turn stop and the </think> rule is evaluated again
     path.write_text(json.dumps({"step": 3, "accuracy": 0.5, **{k: v for k, v in key.items() if k != "scoring"}}))
     assert load_result(path, key) is None
+    # megatron's samples from before its sampler ended rows at every stop id and kept it are made again
+    path.write_text(json.dumps({"step": 3, "accuracy": 0.5, **key, "backend": "megatron"}))
+    assert load_result(path, key) is None
+    path.write_text(json.dumps({"step": 3, "accuracy": 0.5, **key, "backend": "megatron",
+                                "megatron_sampler": MEGATRON_SAMPLER}))
+    assert load_result(path, key)["accuracy"] == 0.5
     path.write_text('{"step": 3, "accur')  # cut short
     assert load_result(path, key) is None
     assert load_result(tmp_path / "step_4.json", key) is None
