@@ -56,7 +56,9 @@ try:
     if not cfg.run_dir:
         raise T3SError("config key 'run_dir' is required")
     if cfg.pipeline.online:
-        raise T3SError("config key 'pipeline.online': online mode is not available yet in this version")
+        raise T3SError("config key 'pipeline.online': this submitter chains the offline stages as jobs; online T3S "
+                       "is one driver that restarts training itself: run `t3s pipeline CONFIG pipeline.online=true "
+                       "--nproc-per-node N` inside one single-node allocation (docs/online.md)")
     rules = [cfg.pipeline.mask_rule] + [b for b in cfg.pipeline.baselines if b != cfg.pipeline.mask_rule]
     for rule in rules:
         if rule not in MASK_CHANNEL:

@@ -130,3 +130,10 @@ def test_pipeline_submitter_reports_config_errors(tmp_path):
                        capture_output=True, text=True, env=clean_env(T3S_PYTHON=sys.executable))
     assert p.returncode == 1
     assert "unknown config key 'train.stepz'" in p.stderr
+
+
+def test_pipeline_submitter_points_online_mode_to_one_allocation(tmp_path):
+    p = dry_run(tmp_path, tmp_path / "run", "pipeline.online=true")
+    assert p.returncode == 1 and not p.stdout
+    assert "pipeline.online=true --nproc-per-node N` inside one single-node allocation" in p.stderr
+    assert not (tmp_path / "run").exists()
