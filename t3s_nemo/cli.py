@@ -424,7 +424,8 @@ def pipeline(
     """sft -> bottleneck -> profile -> masks -> T3S retraining (+ baselines, RRT) in run_dir.
 
     Each stage is skipped when its output is complete, so rerunning the same command resumes. Keys:
-    pipeline.mask_rule (ar), pipeline.baselines (reverse, static-confidence, random), pipeline.rrt,
+    pipeline.mask_rule (ar), pipeline.baselines (reverse, static-confidence, static-confidence-low,
+    random), pipeline.rrt,
     pipeline.sft_steps (the trajectory run's length; train.steps is the retraining's).
     pipeline.online=true: online T3S, theta_b detected while SFT trains (online.eval_every, online.patience,
     online.num_prompts, online.restart=theta0|current; docs/online.md).
@@ -443,7 +444,7 @@ def eval_(
     temperature: Annotated[float, typer.Option()] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32768,
-    backend: Annotated[str, typer.Option(help="auto (vLLM on GPU if installed; else megatron at --tp > 1, transformers at 1) | transformers | vllm | megatron (a t3s checkpoint sampled by megatron-core, no export; dLLM checkpoints too)")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto (vLLM on GPU if installed; else transformers at --tp 1, megatron for a t3s checkpoint at --tp > 1; a dLLM always megatron) | transformers | vllm | megatron (a t3s checkpoint sampled by megatron-core, no export; dLLM checkpoints too)")] = "auto",
     tp: Annotated[int, typer.Option(help="Tensor-parallel size of vLLM or megatron (transformers samples on one device; auto with --tp > 1 and no vLLM picks megatron).")] = 1,
     batch_size: Annotated[int, typer.Option(help="Problems per generation batch.")] = 64,
     seed: Annotated[int, typer.Option()] = 0,
@@ -457,7 +458,8 @@ def eval_(
     t3s eval compare base=evals/base/results.json t3s=evals/t3s/results.json --out compare.png
 
     Answers are taken from \\boxed{} and checked with math-verify. Defaults follow the paper's
-    protocol: 32 samples, temperature 0.6, top_p 0.95. t3s checkpoints are exported to HF first.
+    protocol: 32 samples, temperature 0.6, top_p 0.95. t3s checkpoints are exported to HF first,
+    except with the megatron backend, which samples them as they are.
     """
     from t3s_nemo.trajectory import evaluate as E
 

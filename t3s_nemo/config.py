@@ -140,12 +140,13 @@ class MaskConfig:
 class GenerationConfig:
     """Sampling for the bottleneck search and evaluation."""
 
-    backend: str = "auto"  # auto (vllm on GPU if installed, else transformers) | transformers | vllm | megatron
+    # auto: vllm on GPU if it imports, else transformers at tp=1 and megatron at tp > 1 (a dLLM: megatron)
+    backend: str = "auto"  # auto | transformers | vllm | megatron
     n: int = 4  # samples per prompt
     temperature: float = 0.6
     top_p: float = 0.95
     max_new_tokens: int = 1024
-    batch_size: int = 64  # prompts per generation batch (transformers backend)
+    batch_size: int = 64  # prompts per generation batch (transformers and megatron backends)
     seed: int = 0
     tp: int = 1  # tensor parallel size of the vllm and megatron backends
 
@@ -180,7 +181,7 @@ class PipelineConfig:
     """What `t3s pipeline` runs after the trajectory."""
 
     mask_rule: str = "ar"  # the T3S mask for the retraining run
-    baselines: list[str] = field(default_factory=list)  # reverse | static-confidence | random
+    baselines: list[str] = field(default_factory=list)  # reverse | static-confidence | static-confidence-low | random
     rrt: bool = False
     sft_steps: Optional[int] = None  # steps of the trajectory run (null = train.steps)
     online: bool = False
@@ -417,7 +418,8 @@ def check_parallel(cfg: Config, world_size: int) -> int:
     if world_size % model_parallel:
         raise T3SError(
             f"config keys 'parallel.tp/pp/cp': tp*pp*cp = {model_parallel} does not divide the "
-            f"world size {world_size}"
+            f"world size {world_size}: start {model_parallel} processes or a multiple "
+            f"(--nproc-per-node, or srun tasks)"
         )
     dp = world_size // model_parallel
     if p.cp > 1:  # t3s_nemo/training/context_parallel.py

@@ -5,7 +5,8 @@ Backends:
     vllm          vLLM's offline LLM engine (tensor parallel); GPU, `pip install 't3s-nemo[eval]'`
     megatron      megatron-core's inference engine on a t3s checkpoint (KV cache, tensor parallel), no
                   export (t3s_nemo/trajectory/megatron_sampler.py); CPU or GPU
-    auto          vllm when CUDA is there and vllm imports, else transformers
+    auto          vllm when CUDA is there and vllm imports; else transformers at tp=1, megatron for a t3s
+                  checkpoint at tp > 1 (a Hugging Face directory at tp > 1 needs vllm); a dLLM: megatron
 
 transformers and vllm read an exported Hugging Face directory; megatron reads the t3s checkpoint itself.
 """

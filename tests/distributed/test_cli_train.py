@@ -50,7 +50,8 @@ def test_a_config_that_does_not_fit_the_processes_is_refused_before_they_start(t
                         "--nproc-per-node", "2"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 1
     assert p.stderr.strip().splitlines() == [
-        "error: config keys 'parallel.tp/pp/cp': tp*pp*cp = 3 does not divide the world size 2"]
+        "error: config keys 'parallel.tp/pp/cp': tp*pp*cp = 3 does not divide the world size 2: "
+        "start 3 processes or a multiple (--nproc-per-node, or srun tasks)"]
     assert not (tmp_path / "r").exists()
 
 

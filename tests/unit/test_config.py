@@ -196,7 +196,8 @@ def test_check_parallel_errors_name_the_keys():
     cfg = load_config(None, ["parallel.tp=2", "parallel.pp=2", "train.global_batch_size=8"])
     with pytest.raises(T3SError) as info:
         check_parallel(cfg, 6)
-    assert str(info.value) == "config keys 'parallel.tp/pp/cp': tp*pp*cp = 4 does not divide the world size 6"
+    assert str(info.value) == ("config keys 'parallel.tp/pp/cp': tp*pp*cp = 4 does not divide the world "
+                               "size 6: start 4 processes or a multiple (--nproc-per-node, or srun tasks)")
     with pytest.raises(T3SError) as info:
         check_parallel(cfg, 12)
     assert str(info.value) == (
