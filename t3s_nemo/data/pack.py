@@ -194,8 +194,10 @@ def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path
             task = bar.add_task("tokenizing", total=None)
             for chunk in _chunks(read_records(files, opts.fields), TOKENIZE_CHUNK):
                 rendered = [render(r) for r in chunk]
-                p_ids = tok([p for p, _ in rendered], add_special_tokens=False)["input_ids"]
-                r_ids = tok([r for _, r in rendered], add_special_tokens=False)["input_ids"]
+                # verbose=False: lengths are checked against --seq-length below, not the tokenizer's
+                # model_max_length, which transformers would warn about once per run
+                p_ids = tok([p for p, _ in rendered], add_special_tokens=False, verbose=False)["input_ids"]
+                r_ids = tok([r for _, r in rendered], add_special_tokens=False, verbose=False)["input_ids"]
                 for rec, p, r in zip(chunk, p_ids, r_ids):
                     if not r:
                         raise T3SError(f"{rec.source}: the response tokenizes to nothing")

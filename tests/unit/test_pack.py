@@ -137,6 +137,23 @@ def test_plain_template_round_trip(tmp_path, demo_records, demo_tokenizer, demo_
         assert mask == [0] * plen + [1] * (len(want) - plen)
 
 
+def test_traces_longer_than_the_tokenizers_max_length_pack_without_its_warning(tmp_path, demo_records, demo_tokenizer,
+                                                                             demo_tokenizer_dir, write_jsonl):
+    """Only --seq-length bounds an example: transformers' "Token indices sequence length is longer than the
+    specified maximum" (model_max_length, 4096 here) is noise for a 16k-token trace."""
+    import subprocess
+    import sys
+
+    long = dict(demo_records[0], id="long", response=demo_records[0]["response"] * 120)
+    src = write_jsonl(tmp_path / "in.jsonl", [long])
+    p = subprocess.run([sys.executable, "-m", "t3s_nemo.cli", "data", "pack", "-i", str(src), "--tokenizer",
+                        str(demo_tokenizer_dir), "--seq-length", "32768", "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "T3S_NO_PROGRESS": "1"})
+    assert p.returncode == 0, p.stderr
+    assert PackedDataset(tmp_path / "out").sequence_lengths[0] > demo_tokenizer.model_max_length
+    assert "Token indices sequence length" not in p.stderr + p.stdout
+
+
 def test_system_prompt_is_part_of_the_prompt(tmp_path, demo_records, demo_tokenizer, demo_tokenizer_dir, write_jsonl):
     src = write_jsonl(tmp_path / "in.jsonl", demo_records[:5])
     pack([src], demo_tokenizer_dir, tmp_path / "out", PackOptions(seq_length=512, system_prompt="Be brief."))
