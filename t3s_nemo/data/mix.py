@@ -29,6 +29,7 @@ import numpy as np
 
 import t3s_nemo
 from t3s_nemo.console import progress
+from t3s_nemo.data import indexed
 from t3s_nemo.data.pack import first_fit_decreasing
 from t3s_nemo.data.packed import DTYPES, FORMAT, FORMAT_VERSION, RESERVED, PackedDataset, channel_prefix
 from t3s_nemo.errors import T3SError
@@ -337,12 +338,7 @@ def _channel_entry(name: str, dtype: str, sets) -> dict:
 
 
 def _write(out_dir: Path, sets, bins, chosen, names, dtypes) -> None:
-    from megatron.core.datasets import indexed_dataset as idx
-
-    builders = {
-        n: idx.IndexedDatasetBuilder(idx.get_bin_path(channel_prefix(out_dir, n)), dtype=DTYPES[dtypes[n]])
-        for n in names
-    }
+    builders = {n: indexed.IndexedWriter(channel_prefix(out_dir, n), DTYPES[dtypes[n]]) for n in names}
     with progress() as bar:
         task = bar.add_task("mixing", total=len(bins))
         for b in bins:
@@ -352,4 +348,4 @@ def _write(out_dir: Path, sets, bins, chosen, names, dtypes) -> None:
                 builders[n].add_document(np.concatenate(parts[n]), lens)
             bar.advance(task)
     for n in names:
-        builders[n].finalize(idx.get_idx_path(channel_prefix(out_dir, n)))
+        builders[n].finalize()

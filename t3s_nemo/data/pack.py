@@ -17,6 +17,7 @@ import numpy as np
 
 import t3s_nemo
 from t3s_nemo.console import progress
+from t3s_nemo.data import indexed
 from t3s_nemo.data.packed import FORMAT, FORMAT_VERSION, channel_prefix
 from t3s_nemo.data.source import Fields, Record, input_files, read_records
 from t3s_nemo.data.tokenizer import fingerprint, load_tokenizer, pad_id
@@ -170,8 +171,6 @@ def _source_hash(inputs: list[Path]) -> str:
 
 def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path, opts: PackOptions) -> PackSummary:
     """Pack JSONL / HF-dataset examples into a t3s packed dataset at `output` (atomically)."""
-    from megatron.core.datasets import indexed_dataset as idx
-
     t0 = time.time()
     if opts.seq_length < 2:
         raise T3SError(f"--seq-length must be at least 2, got {opts.seq_length}")
@@ -187,10 +186,10 @@ def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path
     with staged_dir(output, overwrite=opts.overwrite, inputs=[*inputs, *files, tokenizer_dir]) as tmp:
         # Pass 1: tokenize into an unpacked temporary dataset, in input order.
         scratch = str(tmp / "_unpacked")
-        builder = idx.IndexedDatasetBuilder(idx.get_bin_path(scratch), dtype=np.int32)
+        builder = indexed.IndexedWriter(scratch, np.int32)
         ids, answers, prompt_lens, lengths, sources = [], [], [], [], []
         dropped = truncated = 0
-        with progress() as bar:
+        with progress() as bar, builder:  # closes the .bin on an error too
             task = bar.add_task("tokenizing", total=None)
             for chunk in _chunks(read_records(files, opts.fields), TOKENIZE_CHUNK):
                 rendered = [render(r) for r in chunk]
@@ -214,7 +213,7 @@ def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path
                         r = r[: opts.seq_length - len(p)]
                         truncated += 1
                     seq = np.asarray(p + r, dtype=np.int32)
-                    builder.add_item(_as_tensor(seq))
+                    builder.add_item(seq)
                     builder.end_document()
                     ids.append(rec.id)
                     answers.append(rec.answer)
@@ -222,7 +221,7 @@ def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path
                     lengths.append(len(seq))
                     sources.append(rec.source)
                 bar.advance(task, len(chunk))
-        builder.finalize(idx.get_idx_path(scratch))
+        builder.finalize()
         if not ids:
             raise T3SError("no examples left to pack (all were dropped as longer than --seq-length)")
 
@@ -230,7 +229,7 @@ def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path
         lengths_np = np.asarray(lengths, dtype=np.int64)
         bins = first_fit_decreasing(lengths_np, opts.seq_length)
         order = [i for b in bins for i in b]
-        unpacked = idx.IndexedDataset(scratch)
+        unpacked = indexed.IndexedReader(scratch)
         response_tokens = write_bins(tmp, bins, unpacked.__getitem__, prompt_lens)
         del unpacked
         for suffix in (".bin", ".idx"):
@@ -281,18 +280,10 @@ def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path
     )
 
 
-def _as_tensor(arr: np.ndarray):
-    import torch
-
-    return torch.from_numpy(arr)
-
-
 def write_bins(out_dir: Path, bins: list[list[int]], get_tokens: Callable[[int], np.ndarray], prompt_lens) -> int:
     """Write the tokens and loss_mask channels, one document per bin; returns the response-token count."""
-    from megatron.core.datasets import indexed_dataset as idx
-
-    tokens_out = idx.IndexedDatasetBuilder(idx.get_bin_path(channel_prefix(out_dir, "tokens")), dtype=np.int32)
-    mask_out = idx.IndexedDatasetBuilder(idx.get_bin_path(channel_prefix(out_dir, "loss_mask")), dtype=np.uint8)
+    tokens_out = indexed.IndexedWriter(channel_prefix(out_dir, "tokens"), np.int32)
+    mask_out = indexed.IndexedWriter(channel_prefix(out_dir, "loss_mask"), np.uint8)
     response_tokens = 0
     with progress() as bar:
         task = bar.add_task("packing", total=len(bins))
@@ -308,6 +299,6 @@ def write_bins(out_dir: Path, bins: list[list[int]], get_tokens: Callable[[int],
             tokens_out.add_document(np.concatenate(seqs), lens)
             mask_out.add_document(np.concatenate(masks), lens)
             bar.advance(task)
-    tokens_out.finalize(idx.get_idx_path(channel_prefix(out_dir, "tokens")))
-    mask_out.finalize(idx.get_idx_path(channel_prefix(out_dir, "loss_mask")))
+    tokens_out.finalize()
+    mask_out.finalize()
     return response_tokens

@@ -22,6 +22,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from t3s_nemo.data import indexed
 from t3s_nemo.errors import T3SError
 from t3s_nemo.io import atomic_write_json, read_json
 
@@ -30,13 +31,6 @@ FORMAT_VERSION = 1
 DTYPES = {"int32": np.int32, "uint8": np.uint8, "float32": np.float32}
 RESERVED = ("tokens", "loss_mask")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-
-
-def _indexed():
-    # megatron-core's indexed dataset is the on-disk format; import it lazily so the CLI starts fast
-    from megatron.core.datasets import indexed_dataset
-
-    return indexed_dataset
 
 
 def channel_prefix(path: Path, name: str) -> str:
@@ -138,17 +132,19 @@ class PackedDataset:
     def _dataset(self, name: str):
         if name not in self._open:
             prefix = channel_prefix(self.path, name)
-            idx = _indexed()
-            if not idx.IndexedDataset.exists(prefix):
+            if not indexed.exists(prefix):
                 raise T3SError(f"{self.path}: channel '{name}' is missing ({name}.bin / {name}.idx)")
-            self._open[name] = idx.IndexedDataset(prefix)
+            try:
+                self._open[name] = indexed.IndexedReader(prefix)
+            except ValueError as e:
+                raise T3SError(f"{self.path}: channel '{name}': {e}") from None
         return self._open[name]
 
     def _check_aligned(self, name: str) -> None:
         ds = self._dataset(name)
         want = np.dtype(DTYPES[self.channels[name]["dtype"]])
-        if np.dtype(ds.index.dtype) != want:
-            raise T3SError(f"{self.path}: channel '{name}' has dtype {np.dtype(ds.index.dtype)}, meta.json says {want}")
+        if ds.dtype != want:
+            raise T3SError(f"{self.path}: channel '{name}' has dtype {ds.dtype}, meta.json says {want}")
         if not np.array_equal(ds.sequence_lengths, self.sequence_lengths) or not np.array_equal(
             ds.document_indices, self.document_indices
         ):
@@ -208,21 +204,20 @@ class PackedDataset:
                 raise T3SError(f"example id '{eid}': no values given (every example needs its channel values)")
             arrays.append(self._to_channel(eid, i, np.asarray(values[eid]), np_dtype, span, fill))
 
-        idx = _indexed()
         prefix = channel_prefix(self.path, name)
         tmp = f"{prefix}.tmp-{os.getpid()}"
-        builder = idx.IndexedDatasetBuilder(idx.get_bin_path(tmp), dtype=np_dtype)
         try:
-            for b in range(self.num_bins):
-                r = self.bin_range(b)
-                parts = arrays[r.start : r.stop]
-                builder.add_document(np.concatenate(parts), [len(p) for p in parts])
-            builder.finalize(idx.get_idx_path(tmp))
+            with indexed.IndexedWriter(tmp, np_dtype) as builder:
+                for b in range(self.num_bins):
+                    r = self.bin_range(b)
+                    parts = arrays[r.start : r.stop]
+                    builder.add_document(np.concatenate(parts), [len(p) for p in parts])
+                builder.finalize()
             self._open.pop(name, None)
-            os.replace(idx.get_bin_path(tmp), idx.get_bin_path(prefix))
-            os.replace(idx.get_idx_path(tmp), idx.get_idx_path(prefix))
+            os.replace(indexed.bin_path(tmp), indexed.bin_path(prefix))
+            os.replace(indexed.idx_path(tmp), indexed.idx_path(prefix))
         except BaseException:
-            for p in (idx.get_bin_path(tmp), idx.get_idx_path(tmp)):
+            for p in (indexed.bin_path(tmp), indexed.idx_path(tmp)):
                 if os.path.exists(p):
                     os.unlink(p)
             raise
