@@ -8,6 +8,7 @@ import torch
 
 from procs import REPO, TINY, env, run, t3s, train
 from t3s_nemo.checkpoint.consolidate import read_full_state
+from t3s_nemo.model.hf import export
 
 STEPS = ("train.steps=3", "train.global_batch_size=4", "train.micro_batch_size=1", "train.warmup_steps=0",
          "train.lr=3e-3", "checkpoint.snapshot_interval=3")
@@ -26,7 +27,7 @@ def reference(tiny_data, tmp_path_factory):
     records = train(run_dir, tiny_data, *STEPS, "checkpoint.snapshot_step0=true")
     start, final = consolidate((run_dir / "snapshots" / "step_0", root / "start.pt"),
                                (run_dir / "snapshots" / "step_3", root / "final.pt"))
-    run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(run_dir / "snapshots" / "step_3"), str(root / "hf")])
+    export(run_dir / "snapshots" / "step_3", root / "hf")  # in this process: the host-side reader needs no megatron
     return {"dir": run_dir, "records": records, "start": start, "final": final, "hf": root / "hf"}
 
 
@@ -63,7 +64,7 @@ def test_layout_matches_single_process(layout, reference, tiny_data, tmp_path):
     if layout:  # export straight from the TP=2 / PP=2 / CP=2 snapshot: transformers loads it, same logits
         from transformers import AutoModelForCausalLM
 
-        run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(snapshot), str(tmp_path / "hf")])
+        export(snapshot, tmp_path / "hf")
         ids = torch.arange(1, 40).unsqueeze(0)
         with torch.no_grad():
             got = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)(ids).logits

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from procs import REPO, run, run_script, t3s, train
+from t3s_nemo.model.hf import export
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def trajectory(tiny_data, tmp_path_factory):
 def test_profile_matches_transformers_and_tp2(trajectory, tmp_path):
     run_dir, data = trajectory
     run([*t3s(), "profile", str(run_dir)])
-    run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(run_dir / "snapshots" / "step_2"), str(tmp_path / "hf")])
+    export(run_dir / "snapshots" / "step_2", tmp_path / "hf")
     r = run_script("profile_vs_hf.py", data, tmp_path / "hf", run_dir / "profile" / "logp_b.npz")
     assert r["lengths_ok"] and r["examples"] >= 5
     assert r["max_abs_diff"] < 1e-4
@@ -147,7 +148,7 @@ def test_analyze_gradients_match_transformers_and_tp2(trajectory, tmp_path):
     assert [r["step"] for r in one["rows"]] == [0, 1, 2, 3]
     assert (tmp_path / "one" / "gradients.png").stat().st_size > 1000
     # the numbers at theta_b against transformers' autograd on the exported snapshot (float64 reference)
-    run([sys.executable, "-m", "t3s_nemo.model.hf", "export", str(run_dir / "snapshots" / "step_2"), str(tmp_path / "hf")])
+    export(run_dir / "snapshots" / "step_2", tmp_path / "hf")
     r = run_script("grads_vs_hf.py", data, tmp_path / "hf", tmp_path / "one" / "gradients.json", 2)
     assert r["anchor_tokens"] == r["ref"]["anchor_tokens"] > 0
     assert r["response_tokens"] == r["ref"]["response_tokens"]
