@@ -12,8 +12,10 @@ rank finish.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -88,7 +90,6 @@ def start_write_queue() -> None:
     with no initializer; this one sets its module's queue (`_results_queue`), which megatron then uses.
     """
     import multiprocessing as mp
-    import os
     from multiprocessing.managers import SyncManager
 
     try:
@@ -100,8 +101,34 @@ def start_write_queue() -> None:
     from t3s_nemo.checkpoint.write_queue import guard
 
     manager = SyncManager(ctx=mp.get_context("spawn"))
-    manager.start(initializer=guard, initargs=(os.getpid(),))
+    with _spawn_bare():
+        manager.start(initializer=guard, initargs=(os.getpid(),))
     fa._results_queue = manager.Queue()
+
+
+@contextlib.contextmanager
+def _spawn_bare():
+    """Start a spawned process without the parent's __main__ module and without the CPU mode.
+
+    spawn re-runs the parent's main module in the child (for a recipe: torch, megatron-core and
+    torch.distributed.checkpoint, 5-10 s of a 2-core CPU), and `import t3s_nemo` installs the CPU mode when
+    T3S_CPU_MODE=1 is set. The Manager serves a queue and needs neither, and the parent waited on that
+    import in every training process at start-up. multiprocessing decides what the child re-runs from
+    __main__.__spec__ and __main__.__file__ when the process starts (spawn.get_preparation_data), so they are
+    hidden only for that moment."""
+    main = sys.modules["__main__"]
+    saved = {k: getattr(main, k) for k in ("__spec__", "__file__") if hasattr(main, k)}
+    cpu_mode = os.environ.pop("T3S_CPU_MODE", None)
+    try:
+        main.__spec__ = None
+        if "__file__" in saved:
+            del main.__file__
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+        if cpu_mode is not None:
+            os.environ["T3S_CPU_MODE"] = cpu_mode
 
 
 def snapshot_bytes(num_params: int, dtype: torch.dtype) -> int:

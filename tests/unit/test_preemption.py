@@ -80,3 +80,36 @@ def test_checkpoint_write_queue_ends_with_its_process():
     finally:
         p.kill()
     assert not manager.is_running()
+
+
+BARE_MAIN = r"""
+import os, sys
+with open(os.environ["IMPORT_LOG"], "a") as f:  # every import of this module, in any process
+    f.write(f"{__name__} {os.getpid()} {os.environ.get('T3S_CPU_MODE')}\n")
+if __name__ == "__main__":
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
+    from t3s_nemo.checkpoint.manager import start_write_queue
+    start_write_queue()
+    q = fa.get_write_results_queue()
+    q.put("written")
+    main = sys.modules["__main__"]
+    print("QUEUE", q.get(timeout=10), main.__spec__.name, os.path.basename(main.__file__),
+          os.environ.get("T3S_CPU_MODE"))
+"""
+
+
+def test_checkpoint_write_queue_does_not_rerun_the_recipe(tmp_path):
+    """The spawned Manager used to import the parent's main module again (a recipe run with -m: torch,
+    megatron-core, several seconds that every training process waited for) and install the CPU mode; it
+    needs neither. The parent keeps its __main__ and T3S_CPU_MODE."""
+    import subprocess
+    import sys
+
+    (tmp_path / "fake_recipe.py").write_text(BARE_MAIN)
+    log = tmp_path / "imports.log"
+    p = subprocess.run([sys.executable, "-m", "fake_recipe"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, IMPORT_LOG=str(log), T3S_CPU_MODE="1", T3S_NO_PROGRESS="1"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "QUEUE written fake_recipe fake_recipe.py 1" in p.stdout
+    lines = log.read_text().splitlines()  # the parent's own run only: no "__mp_main__" line from the Manager
+    assert len(lines) == 1 and lines[0].startswith("__main__ ") and lines[0].endswith(" 1"), lines
