@@ -33,6 +33,8 @@ import numpy as np
 
 HEADER = b"MMIDIDX\x00\x00"
 VERSION = 1
+FIELDS = "<QBQQ"  # version, dtype code, sequence count, document count
+HEAD = len(HEADER) + struct.calcsize(FIELDS)  # 34 bytes before the arrays
 CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3, np.dtype(np.int32): 4,
          np.dtype(np.int64): 5, np.dtype(np.float64): 6, np.dtype(np.float32): 7, np.dtype(np.uint16): 8}
 DTYPES = {code: dtype for dtype, code in CODES.items()}
@@ -54,23 +56,22 @@ class IndexedReader:
     """Read access to PREFIX.bin/.idx, memory-mapped: reader[i] is sequence i, reader[a:b] a list of them."""
 
     def __init__(self, prefix: Union[str, Path]):
-        self.prefix = str(prefix)
         path = idx_path(prefix)
         with open(path, "rb") as f:
-            head = f.read(9 + 8 + 1 + 8 + 8)
-        if len(head) < 34 or head[:9] != HEADER:
+            head = f.read(HEAD)
+        if len(head) < HEAD or head[: len(HEADER)] != HEADER:
             raise ValueError(f"{path}: not a megatron indexed dataset index (bad header)")
-        version, code, n, d = struct.unpack("<QBQQ", head[9:])
+        version, code, n, d = struct.unpack(FIELDS, head[len(HEADER) :])
         if version != VERSION or code not in DTYPES:
             raise ValueError(f"{path}: unsupported index (version {version}, dtype code {code})")
         self.dtype = DTYPES[code]
         size = os.path.getsize(path)
-        if size < 34 + 4 * n + 8 * n + 8 * d:
+        if size < HEAD + 4 * n + 8 * n + 8 * d:
             raise ValueError(f"{path}: index is shorter than its {n} sequences and {d} document entries need")
         index = np.memmap(path, mode="r", dtype=np.uint8)
-        self.sequence_lengths = np.frombuffer(index, dtype=np.int32, count=n, offset=34)
-        self.sequence_pointers = np.frombuffer(index, dtype=np.int64, count=n, offset=34 + 4 * n)
-        self.document_indices = np.frombuffer(index, dtype=np.int64, count=d, offset=34 + 12 * n)
+        self.sequence_lengths = np.frombuffer(index, dtype=np.int32, count=n, offset=HEAD)
+        self.sequence_pointers = np.frombuffer(index, dtype=np.int64, count=n, offset=HEAD + 4 * n)
+        self.document_indices = np.frombuffer(index, dtype=np.int64, count=d, offset=HEAD + 12 * n)
         data = bin_path(prefix)
         # an empty .bin cannot be memory-mapped; it holds only empty sequences
         self._bin = np.memmap(data, mode="r", dtype=np.uint8) if os.path.getsize(data) else np.zeros(0, np.uint8)
@@ -137,7 +138,7 @@ class IndexedWriter:
             pointers[1:] = np.cumsum(lengths[:-1], dtype=np.int64) * self.dtype.itemsize
         with open(idx_path(self.prefix), "wb") as f:
             f.write(HEADER)
-            f.write(struct.pack("<QBQQ", VERSION, CODES[self.dtype], len(lengths), len(self.document_indices)))
+            f.write(struct.pack(FIELDS, VERSION, CODES[self.dtype], len(lengths), len(self.document_indices)))
             f.write(lengths.tobytes(order="C"))
             f.write(pointers.tobytes(order="C"))
             f.write(np.asarray(self.document_indices, dtype=np.int64).tobytes(order="C"))
