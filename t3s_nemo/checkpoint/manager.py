@@ -12,10 +12,8 @@ rank finish.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from t3s_nemo.checkpoint import weights as W
+from t3s_nemo.checkpoint.write_queue import start_write_queue
 from t3s_nemo.console import console
 from t3s_nemo.errors import T3SError
 from t3s_nemo.io import atomic_write_json
@@ -73,64 +72,6 @@ def inherited_vocab_rows(run_dir: Path, resume: str, init: str) -> tuple[Optiona
     return None, "", None  # load_init says what is wrong with it
 
 
-def start_write_queue() -> None:
-    """Start megatron's checkpoint write-results queue now, in a Manager process that ignores SIGUSR1 and
-    SIGTERM and exits when this process is gone.
-
-    megatron-core's writer sends results through a multiprocessing Manager it spawns on the first save
-    (filesystem_async.get_write_results_queue). A spawned process takes the default action for those
-    signals, which is to die, while Slurm delivers them to every process of the job step, more than once
-    (`scancel --full --signal=USR1` signals the step and srun forwards the batch shell's copy). A late copy
-    killed the Manager of the very checkpoint the signal asked for (EOFError in every rank; the preemption
-    test caught it under load), or an earlier Manager of async snapshots mid-run.
-
-    Ignoring the signals means the Manager no longer dies with a job that is killed outright (SIGTERM
-    with no handler, SIGKILL): multiprocessing shuts it down only at a normal exit. So its process also
-    watches its parent and exits once it is gone. Why not megatron's function: it creates the Manager
-    with no initializer; this one sets its module's queue (`_results_queue`), which megatron then uses.
-    """
-    import multiprocessing as mp
-    from multiprocessing.managers import SyncManager
-
-    try:
-        from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
-    except ImportError:  # a megatron-core without the shared queue: nothing to protect
-        return
-    if getattr(fa, "_results_queue", None) is not None or not hasattr(fa, "_results_queue"):
-        return
-    from t3s_nemo.checkpoint.write_queue import guard
-
-    manager = SyncManager(ctx=mp.get_context("spawn"))
-    with _spawn_bare():
-        manager.start(initializer=guard, initargs=(os.getpid(),))
-    fa._results_queue = manager.Queue()
-
-
-@contextlib.contextmanager
-def _spawn_bare():
-    """Start a spawned process without the parent's __main__ module and without the CPU mode.
-
-    spawn re-runs the parent's main module in the child (for a recipe: torch, megatron-core and
-    torch.distributed.checkpoint, 5-10 s of a 2-core CPU), and `import t3s_nemo` installs the CPU mode when
-    T3S_CPU_MODE=1 is set. The Manager serves a queue and needs neither, and the parent waited on that
-    import in every training process at start-up. multiprocessing decides what the child re-runs from
-    __main__.__spec__ and __main__.__file__ when the process starts (spawn.get_preparation_data), so they are
-    hidden only for that moment."""
-    main = sys.modules["__main__"]
-    saved = {k: getattr(main, k) for k in ("__spec__", "__file__") if hasattr(main, k)}
-    cpu_mode = os.environ.pop("T3S_CPU_MODE", None)
-    try:
-        main.__spec__ = None
-        if "__file__" in saved:
-            del main.__file__
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(main, k, v)
-        if cpu_mode is not None:
-            os.environ["T3S_CPU_MODE"] = cpu_mode
-
-
 def snapshot_bytes(num_params: int, dtype: torch.dtype) -> int:
     return num_params * (2 if dtype in (torch.bfloat16, torch.float16) else 4)
 
@@ -156,7 +97,7 @@ class CheckpointManager:
         self._queue = None
         self._last_full = -1
         self._last_snapshot = -1
-        start_write_queue()
+        start_write_queue(ccfg.async_save)
         if ccfg.async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 

@@ -79,6 +79,9 @@ def save_weights(chunks, path: str | Path, marker: dict) -> None:
     """Synchronous weights-only save (all ranks call it)."""
     from megatron.core import dist_checkpointing
 
+    from t3s_nemo.checkpoint.write_queue import start_write_queue
+
+    start_write_queue(async_save=False)  # megatron's default would spawn a Manager process for the results
     path = Path(path)
     prepare_dir(path)
     dist_checkpointing.save(model_sharded_state_dict(chunks), str(path))

@@ -113,3 +113,39 @@ def test_checkpoint_write_queue_does_not_rerun_the_recipe(tmp_path):
     assert "QUEUE written fake_recipe fake_recipe.py 1" in p.stdout
     lines = log.read_text().splitlines()  # the parent's own run only: no "__mp_main__" line from the Manager
     assert len(lines) == 1 and lines[0].startswith("__main__ ") and lines[0].endswith(" 1"), lines
+
+
+SYNC_SAVE = r"""
+import sys
+import psutil
+import torch
+import torch.distributed as dist
+import t3s_nemo  # noqa: F401  (the CPU mode, with T3S_CPU_MODE=1)
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing import ShardedTensor
+from t3s_nemo.checkpoint.manager import start_write_queue
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=0, world_size=1)
+start_write_queue(async_save=False)
+dist_checkpointing.save({"w": ShardedTensor.from_rank_offsets("w", torch.arange(6.0))}, sys.argv[1])
+print("CHILDREN", len(psutil.Process().children()))
+loaded = dist_checkpointing.load({"w": ShardedTensor.from_rank_offsets("w", torch.zeros(6))}, sys.argv[1])
+assert torch.equal(loaded["w"], torch.arange(6.0)), loaded
+start_write_queue(async_save=True)  # an async run later in the same process (the online driver) gets one
+print("ASYNC_CHILDREN", len(psutil.Process().children()))
+dist.destroy_process_group()
+"""
+
+
+def test_synchronous_saves_start_no_manager_process(tmp_path):
+    """A synchronous save writes and reads its results in this process: no Manager is spawned for it (one
+    per training process, which then imported torch's DCP to unpickle the results: seconds of CPU)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "ckpt").mkdir()
+    p = subprocess.run([sys.executable, "-c", SYNC_SAVE, str(tmp_path / "ckpt"), str(tmp_path / "store")],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, T3S_CPU_MODE="1", T3S_NO_PROGRESS="1"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "CHILDREN 0" in p.stdout and "ASYNC_CHILDREN 0" not in p.stdout, p.stdout
