@@ -439,7 +439,24 @@ def check_parallel(cfg: Config, world_size: int) -> int:
             f"config key 'train.global_batch_size': {cfg.train.global_batch_size} is not a multiple "
             f"of micro_batch_size * data-parallel size = {cfg.train.micro_batch_size} * {dp}"
         )
+    check_model_layout(cfg)  # `t3s sft --nproc-per-node N` refuses before N processes start
     return dp
+
+
+def check_model_layout(cfg: Config):
+    """The model's shape (preset + overrides) against the parallel layout; returns the shape."""
+    from t3s_nemo.model import qwen3
+
+    p = cfg.parallel
+    shape = qwen3.resolve_shape(cfg.model)
+    qwen3.check_shape(shape, p.tp, p.pp, p.vpp, p.ep)
+    if shape.is_moe and p.cp > 1:
+        raise T3SError("config key 'parallel.cp': context parallelism is not supported yet for MoE presets")
+    if shape.is_moe and p.tp > 1 and not p.sequence_parallel:
+        raise T3SError("config key 'parallel.sequence_parallel': megatron-core trains MoE layers at tp>1 only with "
+                       "sequence parallelism (which needs Transformer Engine); set it true on GPU, or use tp=1 "
+                       "(parallel.ep splits the experts instead)")
+    return shape
 
 
 def to_yaml(cfg: Config) -> str:

@@ -1,6 +1,6 @@
 """Read a t3s checkpoint at any saved layout as one full (unsharded) state dict, in one process.
 
-Two readers, which a test keeps equal on TP=2 / PP=2 / DP=2 snapshots:
+Two readers, which a test keeps equal on TP=2 and PP=2 snapshots:
 
 - read_full_state: torch.distributed.checkpoint (DCP) reads megatron's torch_dist files directly, with no
   process group and no model: megatron stores every parameter under a global key and global shape

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from t3s_nemo.config import Config
+from t3s_nemo.config import Config, check_model_layout
 from t3s_nemo.devices import cpu_mode_active
 from t3s_nemo.errors import T3SError
 from t3s_nemo.model import qwen3
@@ -73,14 +73,7 @@ def build_model(cfg: Config, vocab_size: int, seq_length: int, *, bidirectional:
                        "NGC container, or set parallel.sequence_parallel=false")
     if cfg.parallel.vpp and cpu_mode_active():
         raise T3SError("config key 'parallel.vpp': interleaved pipeline schedules are GPU-only here")
-    shape = qwen3.resolve_shape(cfg.model)
-    qwen3.check_shape(shape, cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp, cfg.parallel.ep)
-    if shape.is_moe and cfg.parallel.cp > 1:
-        raise T3SError("config key 'parallel.cp': context parallelism is not supported yet for MoE presets")
-    if shape.is_moe and cfg.parallel.tp > 1 and not cfg.parallel.sequence_parallel:
-        raise T3SError("config key 'parallel.sequence_parallel': megatron-core trains MoE layers at tp>1 only with "
-                       "sequence parallelism (which needs Transformer Engine); set it true on GPU, or use tp=1 "
-                       "(parallel.ep splits the experts instead)")
+    shape = check_model_layout(cfg)
     dtype = run_dtype(cfg)
     if vocab_size % cfg.parallel.tp:
         raise T3SError(f"config key 'parallel.tp': the model's {vocab_size} vocabulary rows do not split over "
