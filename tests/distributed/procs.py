@@ -51,3 +51,17 @@ def train(run_dir: Path, data: Path, *overrides: str, nproc: int = 1, mode: str 
     return [json.loads(line) for line in (run_dir / "trajectory.jsonl").read_text().splitlines()]
 
 
+
+
+def t3s_here(*args) -> str:
+    """Run a `t3s` command in this process (typer's CliRunner over the real app): for commands that need no
+    megatron-core (mask, export), which cost a Python start-up each as a subprocess. The entry point
+    itself keeps subprocess tests. Returns what it printed; fails the test on a non-zero exit."""
+    from typer.testing import CliRunner
+
+    from t3s_nemo.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    if r.exit_code != 0:
+        pytest.fail(f"t3s {' '.join(map(str, args))} exited {r.exit_code}\n{r.output[-4000:]}\n{r.exception!r}")
+    return r.output

@@ -63,7 +63,8 @@ def test_sft_starts_from_a_hugging_face_directory(tiny_data, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from procs import run, train
+    from procs import train
+    from t3s_nemo.model.hf import export
 
     # like Qwen3 (151,936 rows for 151,669 tokens): more rows than the tokenizer's 454 ids, a multiple of 128
     # but not of 128 x tp, so re-padding them for tp=2 (768) would refuse the weights
@@ -75,15 +76,12 @@ def test_sft_starts_from_a_hugging_face_directory(tiny_data, tmp_path):
     assert (run_dir / "init_from_hf" / "t3s.json").is_file()
     assert [r["step"] for r in records] == [1, 2]
     assert json.loads((run_dir / "snapshots" / "step_2" / "t3s.json").read_text())["padded_vocab_size"] == 640
-    # theta_0 of the run is the Hugging Face model, row for row
-    run([*t3s(), "export", str(run_dir / "snapshots" / "step_0"), "--out", str(tmp_path / "out")])
+    # theta_0 of the run, the weights its first step trained, is the Hugging Face model, row for row
+    export(run_dir / "snapshots" / "step_0", tmp_path / "out")  # in this process: no megatron needed
     assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 640
     original, exported = load_file(hf / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     assert set(exported) <= set(original) and "model.embed_tokens.weight" in exported
     assert all(torch.equal(exported[k], original[k]) for k in exported)
-    # a random-init model with this vocabulary starts near log(512) = 6.24; the HF weights give another loss
-    fresh = train(tmp_path / "fresh", tiny_data, "train.steps=1", "train.global_batch_size=2")
-    assert records[0]["loss"] != fresh[0]["loss"]
 
 
 def test_import_refuses_bad_inputs(tmp_path):
@@ -123,6 +121,7 @@ def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path
 
     from procs import run
     from t3s_nemo.checkpoint.consolidate import read_full_state
+    from t3s_nemo.model.hf import export
 
     hf = tmp_path / "hf"
     tiny_hf_model(hf, tie=False, dtype=torch.bfloat16)
@@ -143,6 +142,5 @@ def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path
     assert (gen["temperature"], gen["top_p"], gen["top_k"]) == (0.6, 0.95, 0)  # as `t3s eval` samples
     # with a Base-style tokenizer (eos <|endoftext|>, turns end with <|im_end|>) transformers and vLLM must
     # stop at either
-    run([*t3s(), "export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "base"), "--tokenizer",
-         str(base_like_tokenizer_dir)])
+    export(tmp_path / "ckpt", tmp_path / "base", tokenizer=base_like_tokenizer_dir)  # the CLI's own run is above
     assert json.loads((tmp_path / "base" / "generation_config.json").read_text())["eos_token_id"] == [0, 2]

@@ -1,13 +1,12 @@
 """Profile (against transformers), masks (rules and baselines) and RRT on a real tiny trajectory."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from procs import REPO, run, run_script, t3s, train
+from procs import REPO, run, run_script, t3s, t3s_here, train
 from t3s_nemo.model.hf import export
 
 
@@ -51,7 +50,7 @@ def test_masks_follow_their_rules(trajectory):
     if "delta" not in PackedDataset(data).channels:
         run([*t3s(), "profile", str(run_dir)])
     for rule in ("ar", "reverse", "static-confidence", "static-confidence-low", "random", "dllm"):
-        run([*t3s(), "mask", str(run_dir), "--rule", rule])
+        t3s_here("mask", run_dir, "--rule", rule)  # the last command below runs `t3s mask` itself
     ds = PackedDataset(data)
     resp = lambda name: np.concatenate([ds.read_example(i, name)[ds.response_slice(i)] for i in range(ds.num_examples)])
     delta, logp0 = resp("delta"), resp("logp0")
@@ -86,7 +85,7 @@ def test_masked_training_uses_the_channel(trajectory, tmp_path):
     if "mask_random" not in PackedDataset(data).channels:
         if "delta" not in PackedDataset(data).channels:
             run([*t3s(), "profile", str(run_dir)])
-        run([*t3s(), "mask", str(run_dir), "--rule", "random"])
+        t3s_here("mask", run_dir, "--rule", "random")
     recs = train(tmp_path / "masked", data, "train.steps=1", "train.global_batch_size=2", "mask.channel=mask_random",
                  mode="train", nproc=1)
     plain = train(tmp_path / "plain", data, "train.steps=1", "train.global_batch_size=2")
@@ -100,11 +99,11 @@ def test_rrt_is_base_plus_final_minus_bottleneck(trajectory, tmp_path):
     run_dir, _ = trajectory
     # shard by shard at TP=2: each rank loads only its half of the three single-process checkpoints
     run([*t3s(), "rrt", str(run_dir), "--out", str(tmp_path / "rrt"), "--tp", "2", "--nproc-per-node", "2"])
+    from t3s_nemo.checkpoint.consolidate import read_full_state  # kept equal to megatron's load by test_parallel
+
     snaps = run_dir / "snapshots"
     pairs = (("rrt", tmp_path / "rrt"), ("s0", snaps / "step_0"), ("sb", snaps / "step_2"), ("sf", snaps / "step_3"))
-    run([sys.executable, "-m", "t3s_nemo.checkpoint.consolidate",
-         *[str(x) for name, path in pairs for x in (path, tmp_path / f"{name}.pt")]])
-    out = {name: torch.load(tmp_path / f"{name}.pt", weights_only=True) for name, _ in pairs}
+    out = {name: read_full_state(path)[0] for name, path in pairs}
     for k in out["rrt"]:
         # computed in fp32 as theta_0 + (theta_f - theta_b), with one accumulator: exactly that sum
         torch.testing.assert_close(out["rrt"][k], out["s0"][k] + (out["sf"][k] - out["sb"][k]), rtol=0, atol=0)
