@@ -51,8 +51,6 @@ def train(run_dir: Path, data: Path, *overrides: str, nproc: int = 1, mode: str 
     return [json.loads(line) for line in (run_dir / "trajectory.jsonl").read_text().splitlines()]
 
 
-
-
 def t3s_here(*args) -> str:
     """Run a `t3s` command in this process (typer's CliRunner over the real app): for commands that need no
     megatron-core (mask, export), which cost a Python start-up each as a subprocess. The entry point
