@@ -140,11 +140,34 @@ class _Renderer:
         except Exception as e:  # jinja errors from the user's template
             raise T3SError(f"{rec.source}: the chat template failed: {str(e).splitlines()[0]}") from None
         if not full.startswith(prompt):
+            hint = "check the template"
+            if prompt.rstrip().endswith("<think>"):
+                hint = (
+                    "its generation prompt opens <think>, which a finished assistant turn does not repeat, "
+                    "as QwQ's and DeepSeek-R1's templates do; pack with the student's tokenizer, e.g. Qwen3's"
+                )
             raise T3SError(
                 f"{rec.source}: the chat template renders the prompt differently inside the full "
-                "conversation, so the response tokens cannot be separated (check the template)"
+                f"conversation, so the response tokens cannot be separated ({hint})"
             )
-        return prompt, full[len(prompt) :]
+        response = full[len(prompt) :]
+        reasoning = _reasoning(rec.messages[-1]["content"])
+        if reasoning and reasoning not in response:
+            raise T3SError(
+                f"{rec.source}: the chat template drops the reasoning (the text before </think>) from the "
+                "assistant turn, so the student would learn the final answers only (templates of QwQ and "
+                "DeepSeek-R1 distills do this); pack with the student's tokenizer, e.g. Qwen3's, whose "
+                "template keeps the last turn's reasoning, or use --template plain"
+            )
+        return prompt, response
+
+
+def _reasoning(content: str) -> str:
+    """The teacher's reasoning in a response: the text before `</think>` (after `<think>` if it opens one;
+    QwQ and R1 traces often lack the opening tag, which their generation prompt supplied)."""
+    if "</think>" not in content:
+        return ""
+    return content.split("</think>")[0].split("<think>")[-1].strip()
 
 
 def _chunks(it: Iterable[Record], n: int) -> Iterable[list[Record]]:
