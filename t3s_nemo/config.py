@@ -63,6 +63,9 @@ class ModelConfig:
     head_dim: Optional[int] = None
     rope_theta: Optional[float] = None
     tie_embeddings: Optional[bool] = None
+    norm_eps: Optional[float] = None  # RMSNorm epsilon (rms_norm_eps)
+    max_position_embeddings: Optional[int] = None  # the context length an export declares (and RoPE's table)
+    rotary_percent: Optional[float] = None  # fraction of head_dim RoPE rotates (partial_rotary_factor)
     # MoE shape overrides (null = the preset's; num_experts=0 makes an MoE preset dense)
     num_experts: Optional[int] = None
     moe_ffn_hidden_size: Optional[int] = None

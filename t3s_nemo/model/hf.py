@@ -170,6 +170,9 @@ def export(ckpt: str | Path, out: str | Path, tokenizer: Optional[str | Path] = 
     state, marker, shape = read_full_state(ckpt)
     if marker.get("objective", "ar") != "ar":
         raise T3SError(f"{ckpt}: a {marker['objective']} checkpoint is not a Qwen3ForCausalLM")
+    if shape.rotary_percent != 1.0:
+        raise T3SError(f"{ckpt}: RoPE rotates {shape.rotary_percent:g} of each head (model.rotary_percent); "
+                       "Qwen3ForCausalLM rotates all of it")
     tok_dir = Path(tokenizer or marker.get("tokenizer") or "")
     if not (tok_dir / "tokenizer_config.json").is_file() and not (tok_dir / "tokenizer.json").is_file():
         if tokenizer:

@@ -86,8 +86,8 @@ PRESETS: dict[str, Shape] = {
 }
 
 OVERRIDABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-               "head_dim", "rope_theta", "tie_embeddings", "num_experts", "moe_ffn_hidden_size", "moe_topk",
-               "moe_shared_expert_size", "first_k_dense")
+               "head_dim", "rope_theta", "tie_embeddings", "norm_eps", "max_position_embeddings", "rotary_percent",
+               "num_experts", "moe_ffn_hidden_size", "moe_topk", "moe_shared_expert_size", "first_k_dense")
 # the fields a checkpoint's shape must share with the model it is loaded into
 LOAD_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                "head_dim", "num_experts", "moe_ffn_hidden_size", "moe_shared_expert_size", "first_k_dense")

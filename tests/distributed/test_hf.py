@@ -10,14 +10,15 @@ import pytest
 from procs import DEMO, REPO, run_script, t3s
 
 
-def tiny_hf_model(path, tie: bool, vocab_size: int = 512, dtype=None):
+def tiny_hf_model(path, tie: bool, vocab_size: int = 512, dtype=None, **config):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
+    config = {"rms_norm_eps": 1e-6, "max_position_embeddings": 4096, **config}
     cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=10000.0,
-                      rms_norm_eps=1e-6, tie_word_embeddings=tie, max_position_embeddings=4096)
+                      tie_word_embeddings=tie, **config)
     model = Qwen3ForCausalLM(cfg)
     with torch.no_grad():  # norms away from 1 so a swapped norm mapping cannot pass
         for name, p in model.named_parameters():
@@ -121,10 +122,12 @@ def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path
 
     from procs import run
     from t3s_nemo.checkpoint.consolidate import read_full_state
+    from t3s_nemo.errors import T3SError
     from t3s_nemo.model.hf import export
 
     hf = tmp_path / "hf"
-    tiny_hf_model(hf, tie=False, dtype=torch.bfloat16)
+    # a context and norm epsilon of no preset: export must declare the model's own, as Qwen3-8B's 40960
+    tiny_hf_model(hf, tie=False, dtype=torch.bfloat16, max_position_embeddings=12288, rms_norm_eps=1e-5)
     run([*t3s(), "import", str(hf), "--out", str(tmp_path / "ckpt")])
     state, marker, _ = read_full_state(tmp_path / "ckpt")
     assert marker["dtype"] == "bfloat16" and {t.dtype for t in state.values()} == {torch.bfloat16}
@@ -137,6 +140,8 @@ def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path
     original, exported = load_file(hf / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     assert set(exported) == set(original)
     assert all(exported[k].dtype == torch.bfloat16 and torch.equal(exported[k], original[k]) for k in original)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["max_position_embeddings"], config["rms_norm_eps"]) == (12288, 1e-5)
     gen = json.loads((tmp_path / "out" / "generation_config.json").read_text())
     assert gen["eos_token_id"] == 2
     assert (gen["temperature"], gen["top_p"], gen["top_k"]) == (0.6, 0.95, 0)  # as `t3s eval` samples
@@ -144,3 +149,10 @@ def test_a_bf16_model_is_imported_in_bf16_and_exported_back_bit_for_bit(tmp_path
     # stop at either
     export(tmp_path / "ckpt", tmp_path / "base", tokenizer=base_like_tokenizer_dir)  # the CLI's own run is above
     assert json.loads((tmp_path / "base" / "generation_config.json").read_text())["eos_token_id"] == [0, 2]
+    # a checkpoint whose RoPE rotates part of each head has no Qwen3ForCausalLM form
+    marker = json.loads((tmp_path / "ckpt" / "t3s.json").read_text())
+    marker["shape"]["rotary_percent"] = 0.5
+    (tmp_path / "ckpt" / "t3s.json").write_text(json.dumps(marker))
+    with pytest.raises(T3SError, match=r"RoPE rotates 0.5 of each head \(model.rotary_percent\)"):
+        export(tmp_path / "ckpt", tmp_path / "partial")
+    assert not (tmp_path / "partial").exists()
