@@ -269,6 +269,7 @@ def bottleneck(
 @app.command("profile")
 def profile(
     run: Annotated[Optional[Path], typer.Argument(help="A trajectory run directory with bottleneck.json (writes channels logp0, logpb, delta into its dataset).")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="With RUN: profile.* and data.path overrides, e.g. profile.selector_base=CKPT profile.selector_bottleneck=CKPT.", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option(help="Standalone: a packed dataset.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Standalone: the selector checkpoint (theta_0).")] = None,
     checkpoint_b: Annotated[Optional[Path], typer.Option("--checkpoint-b", help="Standalone: a second checkpoint (theta_b); adds delta.")] = None,
@@ -289,8 +290,11 @@ def profile(
     if run is not None:
         from t3s_nemo.trajectory.profile import profile_run
 
-        profile_run(run, nproc_per_node, tp=tp, pp=pp)
+        profile_run(run, nproc_per_node, overrides, tp=tp, pp=pp)
         return
+    if overrides:
+        raise T3SError(f"key=value overrides ({overrides[0]}, ...) go with a run directory; standalone, "
+                       "pass --checkpoint and --checkpoint-b")
     parallel = [f"parallel.tp={tp or 1}", f"parallel.pp={pp or 1}"]
     if not (data and checkpoint and out):
         raise T3SError("give a run directory, or --data, --checkpoint and --out")
@@ -363,10 +367,10 @@ def rrt(
     if run is not None:
         from t3s_nemo.checkpoint.manager import step_dirs
         from t3s_nemo.config import load_config
-        from t3s_nemo.trajectory.profile import run_layout, selectors
+        from t3s_nemo.trajectory.profile import run_checkpoints, run_layout
 
         cfg = load_config(run / "config.yaml")
-        b0, bb = selectors(run, cfg)
+        b0, bb = run_checkpoints(run)  # the student's own theta_0 and theta_b, whatever selector profiled it
         base, bottleneck = base or b0, bottleneck or bb
         final = final or step_dirs(run / "snapshots")[-1][1]
         out = out or run / "rrt"

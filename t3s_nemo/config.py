@@ -277,6 +277,9 @@ def _explain(err: OmegaConfBaseException, source: str, section: str = "") -> T3S
         return T3SError(f"{source}: unknown config key '{name}'{_suggest(name)}")
     if isinstance(err, ValidationError):
         msg = str(err).splitlines()[0]
+        if "is not a ListConfig" in msg:  # OmegaConf's words for a scalar given to a list key
+            got = msg.split("assigned: ")[-1].split(" is not")[0]
+            msg = f"expected a list such as [a, b] (or [] for none), got a {got}"
         return T3SError(f"{source}: wrong type for config key '{key}': {msg}")
     return T3SError(f"{source}: invalid config at '{key}': {str(err).splitlines()[0]}")
 

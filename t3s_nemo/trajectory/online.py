@@ -147,6 +147,23 @@ def _save_npz(path: Path, arrays: dict) -> None:
     tmp.replace(path)
 
 
+def check_online(cfg: Config) -> int:
+    """Refuse settings online mode cannot honour (before anything is written); returns the SFT budget."""
+    o = cfg.online
+    budget = cfg.pipeline.sft_steps or cfg.train.steps
+    if o.force_step is not None and o.force_step > budget:
+        raise T3SError(f"config key 'online.force_step': {o.force_step} is past the SFT budget "
+                       f"(pipeline.sft_steps or train.steps = {budget})")
+    if cfg.pipeline.baselines or cfg.pipeline.rrt:
+        raise T3SError("config keys 'pipeline.baselines'/'pipeline.rrt': online mode trains the T3S run only; "
+                       "run baselines and RRT with the offline pipeline (pipeline.online=false)")
+    if cfg.profile.selector_base or cfg.profile.selector_bottleneck:
+        raise T3SError("config keys 'profile.selector_base'/'profile.selector_bottleneck': online mode profiles "
+                       "the student's own snapshots; use another selector with the offline pipeline "
+                       "(pipeline.online=false)")
+    return budget
+
+
 def run_online(cfg: Config, root: Path, nproc: int = 1, force: Optional[bool] = None) -> dict:
     """Run (or continue) online T3S in root; returns the final online.json."""
     from t3s_nemo.cli import launch_recipe
@@ -159,13 +176,7 @@ def run_online(cfg: Config, root: Path, nproc: int = 1, force: Optional[bool] = 
     force = cfg.bottleneck.force if force is None else force
     o, b = cfg.online, cfg.bottleneck
     m = o.eval_every
-    budget = cfg.pipeline.sft_steps or cfg.train.steps
-    if o.force_step is not None and o.force_step > budget:
-        raise T3SError(f"config key 'online.force_step': {o.force_step} is past the SFT budget "
-                       f"(pipeline.sft_steps or train.steps = {budget})")
-    if cfg.pipeline.baselines or cfg.pipeline.rrt:
-        raise T3SError("config keys 'pipeline.baselines'/'pipeline.rrt': online mode trains the T3S run only; "
-                       "run baselines and RRT with the offline pipeline (pipeline.online=false)")
+    budget = check_online(cfg)
     state = load_state(root, _settings(cfg, budget))
     sft_dir = root / "sft"
     base_args = [str(root / "config.yaml")]

@@ -38,6 +38,10 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     if not cfg.run_dir:
         raise T3SError("config key 'run_dir' is required")
     root = Path(cfg.run_dir)
+    if cfg.pipeline.online:
+        from t3s_nemo.trajectory.online import check_online
+
+        check_online(cfg)  # before run_dir is made
     if (root / "config.yaml").is_file():  # a rerun: finished stages are kept as they were made
         try:
             changes = changed_keys(load_config(root / "config.yaml"), cfg, ignore=("run_dir",))
@@ -110,13 +114,13 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
 
     if cfg.pipeline.rrt:
         from t3s_nemo.checkpoint.manager import step_dirs
-        from t3s_nemo.trajectory.profile import selectors
+        from t3s_nemo.trajectory.profile import run_checkpoints
 
         stage("6. RRT: theta_0 + (theta_f - theta_b)")
         if W.is_complete(sft_dir / "rrt"):
             console.print("done already")
         else:
-            base, b = selectors(sft_dir, load_config(sft_dir / "config.yaml"))
+            base, b = run_checkpoints(sft_dir)  # the student's own weights, whatever selector profiled it
             launch_recipe("t3s_nemo.recipes.rrt", [
                 "--base", str(base), "--bottleneck", str(b), "--final", str(step_dirs(sft_dir / "snapshots")[-1][1]),
                 "--out", str(sft_dir / "rrt"), "--overwrite", f"parallel.tp={cfg.parallel.tp}",

@@ -15,19 +15,43 @@ from t3s_nemo.errors import T3SError
 from t3s_nemo.io import read_json
 
 
-def selectors(run_dir: Path, cfg) -> tuple[Path, Path]:
-    """(theta_0, theta_b) checkpoints: the profile.* keys, else the run's step-0 snapshot and bottleneck."""
-    base = Path(cfg.profile.selector_base) if cfg.profile.selector_base else run_dir / "snapshots" / "step_0"
-    if cfg.profile.selector_bottleneck:
-        bottleneck = Path(cfg.profile.selector_bottleneck)
+def run_checkpoints(run_dir: Path, base: str = "", bottleneck: str = "") -> tuple[Path, Path]:
+    """(theta_0, theta_b): the given checkpoints, else the run's step-0 snapshot and its bottleneck snapshot."""
+    hint = "set profile.selector_base" if base or bottleneck else "pass them explicitly"
+    theta_0 = Path(base) if base else run_dir / "snapshots" / "step_0"
+    if bottleneck:
+        theta_b = Path(bottleneck)
     else:
         info = read_json(run_dir / "bottleneck.json", "bottleneck result (run `t3s bottleneck` first)")
-        bottleneck = Path(info["bottleneck_dir"])
-    for p in (base, bottleneck):
+        theta_b = Path(info["bottleneck_dir"])
+    for p in (theta_0, theta_b):
         if not W.is_complete(p):
             raise T3SError(f"{p}: not a complete checkpoint (theta_0 needs checkpoint.snapshot_step0=true "
-                           "in the trajectory run, or set profile.selector_base)")
-    return base, bottleneck
+                           f"in the trajectory run, or {hint})")
+    return theta_0, theta_b
+
+
+def selectors(run_dir: Path, cfg) -> tuple[Path, Path]:
+    """The checkpoints that profile theta_0 and theta_b: profile.selector_base / selector_bottleneck (e.g.
+    an 8B selector for a 32B student), else the run's own. RRT never uses these: it combines the
+    student's own weights (run_checkpoints)."""
+    return run_checkpoints(run_dir, cfg.profile.selector_base, cfg.profile.selector_bottleneck)
+
+
+OVERRIDABLE = ("profile.", "data.path")
+
+
+def load_profile_config(run_dir: Path, overrides: Optional[list[str]] = None):
+    """RUN/config.yaml plus profile.* / data.path overrides (the rest is the trained run's config)."""
+    run_dir = Path(run_dir)
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in OVERRIDABLE):
+            raise T3SError(f"override '{item}': `t3s profile RUN` takes profile.* and data.path overrides "
+                           "(the rest is the trained run's config; the layout is --tp/--pp)")
+    if not (run_dir / "config.yaml").is_file():
+        raise T3SError(f"{run_dir}: not a trajectory run directory (no config.yaml)")
+    return locate_run_data(load_config(run_dir / "config.yaml", list(overrides or [])), run_dir)
 
 
 def run_layout(cfg, world_size: int, tp: Optional[int] = None, pp: Optional[int] = None,
@@ -61,7 +85,7 @@ def profile_run(run_dir: Path, nproc: int = 1, overrides: Optional[list[str]] = 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise T3SError(f"{run_dir}: run directory not found")
-    cfg = locate_run_data(load_config(run_dir / "config.yaml", overrides), run_dir)
+    cfg = load_profile_config(run_dir, overrides)
     base, bottleneck = selectors(run_dir, cfg)
     out = run_dir / "profile"
     layout, note = run_layout(cfg, nproc, tp, pp)

@@ -96,9 +96,19 @@ def test_masked_training_uses_the_channel(trajectory, tmp_path):
 
 
 def test_rrt_is_base_plus_final_minus_bottleneck(trajectory, tmp_path):
+    import shutil
+
+    import yaml
+
     run_dir, _ = trajectory
+    # a copy of the run whose config names other selectors: RRT combines the student's own weights
+    rrt_run = tmp_path / "run"
+    shutil.copytree(run_dir, rrt_run, ignore=shutil.ignore_patterns("profile", "checkpoints", "tensorboard"))
+    cfg = yaml.safe_load((rrt_run / "config.yaml").read_text())
+    cfg["profile"].update(selector_base=str(tmp_path / "no_selector"), selector_bottleneck=str(tmp_path / "no_b"))
+    (rrt_run / "config.yaml").write_text(yaml.safe_dump(cfg))
     # shard by shard at TP=2: each rank loads only its half of the three single-process checkpoints
-    run([*t3s(), "rrt", str(run_dir), "--out", str(tmp_path / "rrt"), "--tp", "2", "--nproc-per-node", "2"])
+    run([*t3s(), "rrt", str(rrt_run), "--out", str(tmp_path / "rrt"), "--tp", "2", "--nproc-per-node", "2"])
     from t3s_nemo.checkpoint.consolidate import read_full_state  # kept equal to megatron's load by test_parallel
 
     snaps = run_dir / "snapshots"
@@ -122,7 +132,8 @@ def test_profile_refuses_a_selector_with_another_tokenizer_and_records_the_selec
     marker = json.loads((other / "t3s.json").read_text())
     marker["tokenizer_fingerprint"] = "sha256:0000"
     (other / "t3s.json").write_text(json.dumps(marker))
-    p = subprocess.run([*t3s(), "profile", "--data", str(data), "--checkpoint", str(other), "--out", str(tmp_path / "o")],
+    # another selector, named as a user names one for a run (an 8B selector for a 32B student)
+    p = subprocess.run([*t3s(), "profile", str(run_dir), f"profile.selector_base={other}"],
                        env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "selector uses another tokenizer" in p.stderr and "Traceback" not in p.stderr
     if "delta" not in PackedDataset(data).channels:

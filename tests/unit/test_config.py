@@ -134,6 +134,12 @@ def test_wrong_type_in_override_names_the_key(item, key):
     assert error(None, [item]).startswith(f"override '{item}': wrong type for config key '{key}': ")
 
 
+def test_a_scalar_for_a_list_key_says_a_list_is_expected():
+    assert error(None, ["pipeline.baselines=random"]) == (
+        "override 'pipeline.baselines=random': wrong type for config key 'pipeline.baselines': expected a list "
+        "such as [a, b] (or [] for none), got a str")
+
+
 def test_malformed_override_and_yaml(yaml_file):
     assert error(None, ["train.steps"]) == "override 'train.steps': expected key=value (e.g. train.lr=1e-5)"
     assert error(None, ["=3"]) == "override '=3': empty key"

@@ -123,3 +123,18 @@ def test_online_state_from_before_tolerance_resumes_with_the_default(tmp_path):
     load_state(tmp_path, {**settings, "tolerance": 0.0})
     with pytest.raises(T3SError, match=r"bottleneck\.tolerance=0\.0, now 0\.05"):
         load_state(tmp_path, {**settings, "tolerance": 0.05})
+
+
+@pytest.mark.parametrize("key", ["pipeline.baselines=[random]", "pipeline.rrt=true", "profile.selector_base=/ckpt/8b",
+                                 "online.force_step=99"])
+def test_online_refuses_what_it_cannot_honour_before_writing(tmp_path, key):
+    from pathlib import Path
+
+    from t3s_nemo.trajectory.pipeline import run_pipeline
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml"
+    root = tmp_path / "run"
+    with pytest.raises(T3SError, match=f"config key.*'{key.split('=')[0]}'"):
+        run_pipeline(config, [f"run_dir={root}", "pipeline.online=true", "pipeline.baselines=[]",
+                              "pipeline.rrt=false", "pipeline.sft_steps=8", key])
+    assert not root.exists()  # no run directory, no config.yaml for a run that never started

@@ -38,3 +38,18 @@ def test_given_sizes_win(cfg_32b):
 def test_context_parallelism_becomes_data_parallelism(cfg_32b):
     cfg_32b.parallel.cp = 2
     assert run_layout(cfg_32b, 32) == (["parallel.tp=8", "parallel.pp=2"], None)
+
+
+def test_profile_run_takes_selector_overrides_only(tmp_path):
+    import shutil
+
+    from t3s_nemo.errors import T3SError
+    from t3s_nemo.trajectory.profile import load_profile_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(REPO / "configs" / "qwen3_32b" / "sft.yaml", run / "config.yaml")
+    cfg = load_profile_config(run, ["profile.selector_base=/ckpt/8b-step0", "profile.selector_bottleneck=/ckpt/8b-b"])
+    assert (cfg.profile.selector_base, cfg.profile.selector_bottleneck) == ("/ckpt/8b-step0", "/ckpt/8b-b")
+    with pytest.raises(T3SError, match=r"override 'train.lr=1': `t3s profile RUN` takes profile.\* and data.path"):
+        load_profile_config(run, ["train.lr=1"])
