@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -510,6 +511,63 @@ def changed_keys(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list
         if not dataclasses.is_dataclass(a) and a != b:
             out.append(f"{key}: {a!r} -> {b!r}")
     return out
+
+
+# Keys a run cannot change between launches: they define the trajectory (or the optimizer state that a
+# checkpoint holds), so a resumed run with new values would be neither the old run nor a new one.
+# train.steps may grow (the schedule follows), and layout, logging and checkpoint keys may change.
+RESUME_FROZEN = ("train.lr", "train.min_lr", "train.warmup_steps", "train.lr_decay", "train.weight_decay",
+                 "train.adam_beta1", "train.adam_beta2", "train.adam_eps", "train.global_batch_size",
+                 "train.seed", "data.shuffle", "mask.", "model.")
+RESUME_FREE = ("model.spec", "model.recompute")
+
+
+def _dataset_identity(path: str) -> Optional[tuple]:
+    meta = Path(path) / "meta.json"
+    if not meta.is_file():
+        return None
+    try:
+        m = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    return (m.get("source", {}).get("hash"), m.get("num_examples"), m.get("seq_length"))
+
+
+def check_resume(cfg: Config) -> None:
+    """Refuse a launch that would mix two runs in cfg.run_dir: resume=never over an existing run, or a
+    resume that changes a key the run's trajectory depends on (RESUME_FROZEN) or its dataset."""
+    run_dir = Path(cfg.run_dir)
+    held = [p for p in (run_dir / "checkpoints", run_dir / "snapshots") if p.is_dir() and any(p.iterdir())]
+    log = run_dir / "trajectory.jsonl"
+    if log.is_file() and log.stat().st_size:
+        held.append(log)
+    if not held:
+        return
+    what = ", ".join(str(p.relative_to(run_dir)) for p in held)
+    if cfg.resume == "never":
+        raise T3SError(f"{run_dir}: holds a run already ({what}); resume=never would train from step 0 into "
+                       "it and mix the two: use a new run_dir (or delete this one), or resume=auto to continue it")
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = load_config(saved_path)
+    except T3SError:  # written by another version: nothing to compare against
+        return
+    frozen = [k for k in _all_keys(Config()) if k.startswith(RESUME_FROZEN) and k not in RESUME_FREE]
+    # model.mask_token_id: null asks for the id the first launch chose and wrote into config.yaml
+    changed = [f"{k} {get(saved, k)!r} -> {get(cfg, k)!r}" for k in frozen
+               if not dataclasses.is_dataclass(get(saved, k)) and get(saved, k) != get(cfg, k)
+               and not (k == "model.mask_token_id" and get(cfg, k) is None)]
+    old, new = saved.data.path, cfg.data.path
+    if old and new and old != new:  # the data moved, or is other data: its content says which
+        a, b = _dataset_identity(old), _dataset_identity(new)
+        if a is not None and b is not None and a != b:
+            changed.append(f"data.path {old} -> {new} (another dataset)")
+    if changed:
+        raise T3SError(f"{run_dir}: this run was trained with other settings ({'; '.join(changed)}); resuming "
+                       "would mix two runs: use the saved values, or a new run_dir (model.init=<a snapshot or "
+                       "checkpoint of this run> starts a new run from its weights)")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
