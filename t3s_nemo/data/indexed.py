@@ -73,8 +73,12 @@ class IndexedReader:
         self.sequence_pointers = np.frombuffer(index, dtype=np.int64, count=n, offset=HEAD + 4 * n)
         self.document_indices = np.frombuffer(index, dtype=np.int64, count=d, offset=HEAD + 12 * n)
         data = bin_path(prefix)
+        need = int(self.sequence_pointers[-1]) + int(self.sequence_lengths[-1]) * self.dtype.itemsize if n else 0
+        have = os.path.getsize(data)
+        if have < need:  # a partial copy: caught here, not as numpy's "buffer is smaller" at some later read
+            raise ValueError(f"{data}: {have} bytes, but its index needs {need} (an incomplete copy?)")
         # an empty .bin cannot be memory-mapped; it holds only empty sequences
-        self._bin = np.memmap(data, mode="r", dtype=np.uint8) if os.path.getsize(data) else np.zeros(0, np.uint8)
+        self._bin = np.memmap(data, mode="r", dtype=np.uint8) if have else np.zeros(0, np.uint8)
 
     def __len__(self) -> int:
         return len(self.sequence_lengths)

@@ -93,6 +93,14 @@ def test_bad_files_are_refused(tmp_path):
     idx_file.write_bytes(good[:40])
     with pytest.raises(ValueError, match="shorter than its 7 sequences"):
         indexed.IndexedReader(tmp_path / "d")
+    idx_file.write_bytes(good)
+    bin_file = tmp_path / "d.bin"
+    full = bin_file.read_bytes()
+    bin_file.write_bytes(full[:-1])  # a copy cut short: refused at open, not at the read that reaches the end
+    with pytest.raises(ValueError, match=f"d.bin: {len(full) - 1} bytes, but its index needs {len(full)} "):
+        indexed.IndexedReader(tmp_path / "d")
+    bin_file.write_bytes(full)
+    assert len(indexed.IndexedReader(tmp_path / "d")) == 7
     with pytest.raises(ValueError, match="no megatron indexed-dataset code"):
         indexed.IndexedWriter(tmp_path / "e", np.float16)
     with indexed.IndexedWriter(tmp_path / "f", np.int32) as w:
