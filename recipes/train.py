@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from t3s_nemo.config import Config, check_parallel, check_resume, load_config, save_config, to_yaml
+from t3s_nemo.config import Config, check_parallel, check_run_dir, load_config, save_config, to_yaml
 from t3s_nemo.console import console, exit_on_user_error, progress
 from t3s_nemo.errors import T3SError
 
@@ -39,7 +39,7 @@ def parse_args(argv: list[str]) -> tuple[str, Config]:
     if a.mode == "train" and not (cfg.mask.channel or cfg.mask.rule):
         raise T3SError("`t3s train` trains with a T3S mask: set mask.channel (e.g. t3s_mask) or mask.rule "
                        "(ar | reverse); use `t3s sft` for plain SFT")
-    check_resume(cfg)
+    check_run_dir(cfg)
     return a.mode, cfg
 
 

@@ -533,10 +533,18 @@ def _dataset_identity(path: str) -> Optional[tuple]:
     return (m.get("source", {}).get("hash"), m.get("num_examples"), m.get("seq_length"))
 
 
-def check_resume(cfg: Config) -> None:
-    """Refuse a launch that would mix two runs in cfg.run_dir: resume=never over an existing run, or a
-    resume that changes a key the run's trajectory depends on (RESUME_FROZEN) or its dataset."""
+def check_run_dir(cfg: Config) -> None:
+    """Refuse a run_dir that is a file or lies inside the dataset, and a launch that would mix two runs in
+    it: resume=never over an existing run, or a resume that changes a key the run's trajectory depends on
+    (RESUME_FROZEN) or its dataset."""
     run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise T3SError(f"config key 'run_dir': {run_dir} is a file; expected a directory (new or a run's)")
+    if cfg.data.path and Path(cfg.data.path).is_dir():
+        data = Path(cfg.data.path).resolve()
+        if run_dir.resolve() == data or data in run_dir.resolve().parents:
+            raise T3SError(f"config key 'run_dir': {run_dir} is inside the packed dataset data.path={cfg.data.path}; "
+                           "a run writes checkpoints and logs there, so give it a directory of its own")
     held = [p for p in (run_dir / "checkpoints", run_dir / "snapshots") if p.is_dir() and any(p.iterdir())]
     log = run_dir / "trajectory.jsonl"
     if log.is_file() and log.stat().st_size:

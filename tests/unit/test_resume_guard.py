@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from t3s_nemo.config import check_resume, load_config, save_config
+from t3s_nemo.config import check_run_dir, load_config, save_config
 from t3s_nemo.errors import T3SError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,18 +46,18 @@ def launch(root, data, *overrides):
 
 def test_the_same_run_resumes_with_more_steps_another_layout_or_moved_data(run, tmp_path):
     root, data = run
-    check_resume(launch(root, data, "train.steps=50", "parallel.tp=2", "checkpoint.save_interval=5"))
+    check_run_dir(launch(root, data, "train.steps=50", "parallel.tp=2", "checkpoint.save_interval=5"))
     moved = tmp_path / "moved"
     shutil.copytree(data, moved)
-    check_resume(launch(root, moved))  # the same dataset at another path
+    check_run_dir(launch(root, moved))  # the same dataset at another path
     shutil.rmtree(data)
-    check_resume(launch(root, moved))  # the recorded one is gone: nothing to tell them apart by
+    check_run_dir(launch(root, moved))  # the recorded one is gone: nothing to tell them apart by
 
 
 def test_resume_never_over_a_run_is_refused(run):
     root, data = run
     with pytest.raises(T3SError) as info:
-        check_resume(launch(root, data, "resume=never"))
+        check_run_dir(launch(root, data, "resume=never"))
     assert str(info.value) == (
         f"{root}: holds a run already (snapshots, trajectory.jsonl); resume=never would train from step 0 into "
         "it and mix the two: use a new run_dir (or delete this one), or resume=auto to continue it")
@@ -71,7 +71,7 @@ def test_resume_never_over_a_run_is_refused(run):
 def test_a_resume_that_changes_the_trajectory_is_refused(run, override, named):
     root, data = run
     with pytest.raises(T3SError) as info:
-        check_resume(launch(root, data, override))
+        check_run_dir(launch(root, data, override))
     msg = str(info.value)
     assert msg.startswith(f"{root}: this run was trained with other settings (") and named in msg
     assert "use the saved values, or a new run_dir" in msg
@@ -81,13 +81,13 @@ def test_a_resume_on_another_dataset_is_refused(run, tmp_path):
     root, data = run
     other = dataset(tmp_path / "other", "sha256:bb")
     with pytest.raises(T3SError, match=f"data.path {data} -> {other} \\(another dataset\\)"):
-        check_resume(launch(root, other))
+        check_run_dir(launch(root, other))
 
 
 def test_an_empty_or_new_run_dir_is_never_refused(tmp_path):
-    check_resume(load_config(TINY, [f"run_dir={tmp_path / 'new'}", "resume=never"]))
+    check_run_dir(load_config(TINY, [f"run_dir={tmp_path / 'new'}", "resume=never"]))
     (tmp_path / "empty" / "snapshots").mkdir(parents=True)  # made, nothing saved yet
-    check_resume(load_config(TINY, [f"run_dir={tmp_path / 'empty'}", "resume=never", "train.lr=1"]))
+    check_run_dir(load_config(TINY, [f"run_dir={tmp_path / 'empty'}", "resume=never", "train.lr=1"]))
 
 
 def test_the_training_recipe_checks_before_it_starts(run):
@@ -96,3 +96,14 @@ def test_the_training_recipe_checks_before_it_starts(run):
     root, data = run
     with pytest.raises(T3SError, match="train.lr 0.001 -> 0.002"):
         parse_args([str(TINY), f"run_dir={root}", f"data.path={data}", "train.lr=2e-3"])
+
+
+def test_a_run_dir_that_is_a_file_or_inside_the_dataset_is_refused(run, tmp_path):
+    _, data = run
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(T3SError, match=r"config key 'run_dir': .*notes.txt is a file; expected a directory"):
+        check_run_dir(load_config(TINY, [f"run_dir={tmp_path / 'notes.txt'}", f"data.path={data}"]))
+    for inside in (data, f"{data}/runs/a"):
+        with pytest.raises(T3SError, match=r"is inside the packed dataset data.path="):
+            check_run_dir(load_config(TINY, [f"run_dir={inside}", f"data.path={data}"]))
+    check_run_dir(load_config(TINY, [f"run_dir={tmp_path / 'r'}", f"data.path={tmp_path / 'r' / 'data'}"]))  # run_dir/data
