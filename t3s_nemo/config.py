@@ -564,7 +564,10 @@ def check_run_dir(cfg: Config) -> None:
         return
     frozen = [k for k in _all_keys(Config()) if k.startswith(RESUME_FROZEN) and k not in RESUME_FREE]
     # model.mask_token_id: null asks for the id the first launch chose and wrote into config.yaml
-    changed = [f"{k} {get(saved, k)!r} -> {get(cfg, k)!r}" for k in frozen
+    def show(v: Any) -> str:  # as config.yaml and the command line write it
+        return "null" if v is None else repr(v)
+
+    changed = [f"{k} {show(get(saved, k))} -> {show(get(cfg, k))}" for k in frozen
                if not dataclasses.is_dataclass(get(saved, k)) and get(saved, k) != get(cfg, k)
                and not (k == "model.mask_token_id" and get(cfg, k) is None)]
     old, new = saved.data.path, cfg.data.path

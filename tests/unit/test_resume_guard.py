@@ -66,7 +66,7 @@ def test_resume_never_over_a_run_is_refused(run):
 @pytest.mark.parametrize("override, named", [
     ("train.lr=2e-3", "train.lr 0.001 -> 0.002"), ("train.seed=7", "train.seed 1234 -> 7"),
     ("train.global_batch_size=6", "train.global_batch_size 4 -> 6"), ("mask.channel=t3s_mask", "mask.channel '' -> 't3s_mask'"),
-    ("model.num_layers=3", "model.num_layers None -> 3"),
+    ("model.num_layers=3", "model.num_layers null -> 3"),
 ])
 def test_a_resume_that_changes_the_trajectory_is_refused(run, override, named):
     root, data = run
