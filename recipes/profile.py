@@ -62,6 +62,7 @@ def main(argv=None) -> None:
     from t3s_nemo.training.distributed import init_distributed, init_model_parallel, shutdown
     from t3s_nemo.training.loss import batch_to_model_inputs, schedule_shape
     from t3s_nemo.training.setup import build_model
+    from t3s_nemo.trajectory.profile import require_ar
 
     a = parse_args(sys.argv[1:] if argv is None else argv)
     env = init_distributed()
@@ -69,6 +70,7 @@ def main(argv=None) -> None:
     marker_a = W.read_marker(a.checkpoint)
     markers = [marker_a] + ([W.read_marker(a.checkpoint_b)] if a.checkpoint_b else [])
     for path, m in zip([a.checkpoint, a.checkpoint_b], markers):
+        require_ar(path, m)
         if m.get("tokenizer_fingerprint") and m["tokenizer_fingerprint"] != packed.fingerprint:
             raise T3SError(f"{path}: selector uses another tokenizer ({m['tokenizer_fingerprint']}) than the "
                            f"dataset ({packed.fingerprint}); a selector must share the student's tokenizer")

@@ -416,6 +416,9 @@ def validate(cfg: Config) -> None:
                        f"{o.eval_every} (detection happens at evaluations), got {o.force_step}")
     if cfg.mask.channel and cfg.mask.rule:
         raise T3SError("config keys 'mask.channel' and 'mask.rule': set one, not both")
+    if cfg.mask.rule == "dllm" and cfg.model.objective != "dllm":
+        raise T3SError("config key 'mask.rule': dllm marks masked-diffusion targets, for model.objective=dllm; "
+                       "an AR run's loss masks are ar | reverse (or mask.channel from `t3s mask`)")
 
 
 def check_parallel(cfg: Config, world_size: int) -> int:

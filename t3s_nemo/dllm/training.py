@@ -105,6 +105,13 @@ def open_dllm_data(cfg, packed: PackedDataset) -> DllmBins:
         raise T3SError(f"config key 'mask.rule': '{cfg.mask.rule}' is an AR loss mask; with model.objective=dllm "
                        "use mask.rule=dllm or mask.channel=<a channel from `t3s mask --rule dllm`>")
     if cfg.mask.channel:
+        from t3s_nemo.training.data import channel_rules
+
+        rules = channel_rules(packed, cfg.mask.channel) - {"dllm"}
+        if rules:  # 1 on the tokens to train, not on the targets to noise: a different meaning entirely
+            raise T3SError(f"config key 'mask.channel': '{cfg.mask.channel}' is an AR loss mask (rule "
+                           f"{', '.join(sorted(rules))}); with model.objective=dllm give targets from "
+                           "`t3s mask --rule dllm`, or mask.rule=dllm")
         return DllmBins(packed, target_channel=cfg.mask.channel)
     if cfg.mask.rule == "dllm":
         return DllmBins(packed, delta_channel=cfg.mask.delta_channel, tau=cfg.mask.tau)

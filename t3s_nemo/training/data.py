@@ -52,6 +52,14 @@ class StepSampler:
         return step * self.global_batch / self.num_bins
 
 
+def channel_rules(packed: PackedDataset, name: str) -> set[str]:
+    """The `t3s mask` rules that made a channel: its own, or each teacher's in a `t3s data mix` output."""
+    info = packed.channels.get(name, {})
+    if info.get("rule"):
+        return {info["rule"]}
+    return {v["rule"] for v in (info.get("inputs") or {}).values() if isinstance(v, dict) and v.get("rule")}
+
+
 def mask_rule_fn(cfg: Config) -> tuple[Optional[MaskFn], tuple[str, ...], tuple[str, ...]]:
     """(mask function, channels it reads, weight channels) for the run's mask.* keys."""
     weight_channels: tuple[str, ...] = ("loss_mask",)
@@ -67,6 +75,10 @@ def mask_rule_fn(cfg: Config) -> tuple[Optional[MaskFn], tuple[str, ...], tuple[
 
 def open_training_data(cfg: Config, packed: PackedDataset) -> PackedBins:
     fn, fn_channels, weight_channels = mask_rule_fn(cfg)
+    if cfg.mask.channel and "dllm" in channel_rules(packed, cfg.mask.channel):
+        raise T3SError(f"config key 'mask.channel': '{cfg.mask.channel}' holds masked-diffusion targets "
+                       "(`t3s mask --rule dllm`), not a loss mask; train it with model.objective=dllm, or give "
+                       "an AR mask (`t3s mask --rule ar`, reverse, static-confidence, random)")
     for name in set(weight_channels[1:]) | set(fn_channels):
         if name not in packed.channels:
             have = ", ".join(packed.channels) or "none"

@@ -38,6 +38,11 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     if not cfg.run_dir:
         raise T3SError("config key 'run_dir' is required")
     root = Path(cfg.run_dir)
+    if cfg.model.objective != "ar":
+        raise T3SError(f"config key 'model.objective': {cfg.model.objective}; `t3s pipeline` runs the AR recipe "
+                       "(its profile is causal log p). For a dLLM student: profile an AR selector run sharing the "
+                       "tokenizer, `t3s mask RUN --rule dllm`, then `t3s sft` with model.objective=dllm "
+                       "mask.channel=mask_dllm (docs/dllm.md)")
     if cfg.pipeline.online:
         from t3s_nemo.trajectory.online import check_online
 

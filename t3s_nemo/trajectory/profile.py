@@ -35,7 +35,19 @@ def selectors(run_dir: Path, cfg) -> tuple[Path, Path]:
     """The checkpoints that profile theta_0 and theta_b: profile.selector_base / selector_bottleneck (e.g.
     an 8B selector for a 32B student), else the run's own. RRT never uses these: it combines the
     student's own weights (run_checkpoints)."""
-    return run_checkpoints(run_dir, cfg.profile.selector_base, cfg.profile.selector_bottleneck)
+    pair = run_checkpoints(run_dir, cfg.profile.selector_base, cfg.profile.selector_bottleneck)
+    for p in pair:
+        require_ar(p, W.read_marker(p))
+    return pair
+
+
+def require_ar(path, marker: dict) -> None:
+    """The profile is causal log p: a masked-diffusion checkpoint does not define it."""
+    if marker.get("objective", "ar") != "ar":
+        raise T3SError(f"{path}: a {marker['objective']} checkpoint; the profile is causal log p, which a "
+                       "masked-diffusion model does not define: profile an AR selector that shares the "
+                       "tokenizer (profile.selector_base / selector_bottleneck), then `t3s mask --rule dllm` "
+                       "(docs/dllm.md)")
 
 
 OVERRIDABLE = ("profile.", "data.path")
