@@ -661,7 +661,7 @@ def demo(
     nproc_per_node: NprocOpt = 1,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming an earlier demo run (--out must hold a demo run or be empty).")] = False,
 ):
-    """The Imitation Shock and T3S at toy scale, on CPU (2-3.5 minutes on 2 cores).
+    """The Imitation Shock and T3S at toy scale, on CPU (2-4.5 minutes on 2 cores, by CPU model).
 
     A 0.8M-parameter student that solves 97% of a bundled arithmetic task in its own terse style is
     distilled on an R1-like teacher's traces of the same problems. Runs the whole pipeline

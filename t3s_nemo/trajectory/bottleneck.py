@@ -415,7 +415,8 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
 
     snapshots = step_dirs(run_dir / "snapshots")
     if not snapshots:
-        raise T3SError(f"{run_dir}/snapshots: no complete snapshots (run `t3s sft` with checkpoint.snapshot_interval=1)")
+        raise T3SError(f"{run_dir}/snapshots: no complete snapshots; they are taken while a run trains: "
+                       "train one into a new run_dir with checkpoint.snapshot_interval=1")
     chosen = select_snapshots(snapshots, b.every, b.start, b.end)
     if len(chosen) < 2:
         raise T3SError(

@@ -175,3 +175,18 @@ def test_tolerance_picks_where_a_floor_starts():
     assert s.index == 1 + next(i for i, v in enumerate(smoothed[1:]) if v <= min(smoothed[1:]) + 0.05)
     with pytest.raises(T3SError, match="bottleneck.tolerance"):
         select(floor, "argmin", tolerance=-0.1)
+
+
+def test_a_run_without_snapshots_is_told_to_train_a_new_one_with_them(tmp_path):
+    """Snapshots are taken while a run trains: resuming a finished run with snapshot_interval=1 makes none."""
+    import shutil
+    from pathlib import Path
+
+    from t3s_nemo.trajectory.bottleneck import run_bottleneck
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml", run / "config.yaml")
+    with pytest.raises(T3SError, match="no complete snapshots; they are taken while a run trains: train one "
+                                       "into a new run_dir with checkpoint.snapshot_interval=1"):
+        run_bottleneck(run)
