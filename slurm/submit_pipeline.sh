@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Submit the T3S pipeline as Slurm jobs chained with afterok dependencies, all in one run directory:
 #
-#   sft (train.sbatch) -> bottleneck -> profile -> masks -> T3S retraining (+ baselines) -> export
-#                                    \-> RRT (pipeline.rrt=true)
+#   sft (train.sbatch) -> bottleneck -> profile -> masks -> T3S retraining (+ baselines) -> export -> report
+#                                    \-> RRT (pipeline.rrt=true) -----------------------------------/
+#
+# The report job runs `t3s pipeline CONFIG` once every stage is done: it finds each stage finished,
+# samples the accuracy curves (pipeline.curves) and writes pipeline.json, curves and report.md, the
+# outputs of a local `t3s pipeline`.
 #
 #   slurm/submit_pipeline.sh [--dry-run] CONFIG [key=value ...]
 #
@@ -22,7 +26,7 @@
 #                               evaluated snapshot, at most 8; 1 = a single job); a one-process job after
 #                               the array picks theta_b
 #   T3S_PROFILE_SBATCH_ARGS     e.g. "--nodes=1 --ntasks-per-node=8 --gpus-per-node=8"
-#   T3S_ONE_SBATCH_ARGS         masks, RRT, export (one process each; CPU is enough, but host memory is not
+#   T3S_ONE_SBATCH_ARGS         masks, RRT, export, report without curves (one process each; CPU is enough, but host memory is not
 #                               small: a 32B RRT holds about 262 GB in fp32, an export about 100 GB;
 #                               e.g. "--mem=320G")
 # sbatch also reads SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_TIMELIMIT, ... The jobs inherit this
@@ -74,8 +78,10 @@ if write:
     save_config(cfg, root / "config.yaml")
 sft = root / "sft"
 data = resolve_path(cfg.data.path) if cfg.data.path else str(sft / "data")
-print(root, data, sft_steps, interval, cfg.checkpoint.snapshot_interval, cfg.train.steps, int(cfg.pipeline.rrt),
-      evaluated, sep="\n")
+# the retraining runs snapshot as `t3s pipeline` has them: for the curves, at least every step
+retrain_snapshots = cfg.checkpoint.snapshot_interval or int(cfg.pipeline.curves)
+print(root, data, sft_steps, interval, retrain_snapshots, cfg.train.steps, int(cfg.pipeline.rrt), evaluated,
+      cfg.train.seed, int(cfg.pipeline.curves), sep="\n")
 for i, rule in enumerate(rules):
     print(rule, "t3s" if i == 0 else rule, MASK_CHANNEL[rule])
 PY
@@ -87,8 +93,8 @@ resolved=$("$PY" -c "$RESOLVE" "$mode" "$@") || {
 }
 mapfile -t v <<<"$resolved"
 root=${v[0]} data=${v[1]} sft_steps=${v[2]} sft_snapshots=${v[3]} snapshots=${v[4]} steps=${v[5]} rrt=${v[6]}
-evaluated=${v[7]}
-rules=("${v[@]:8}")
+evaluated=${v[7]} seed=${v[8]} curves=${v[9]}
+rules=("${v[@]:10}")
 tasks=${T3S_BOTTLENECK_TASKS:-$((evaluated < 8 ? evaluated : 8))}
 if ! [[ "$tasks" =~ ^[1-9][0-9]*$ ]]; then
   echo "submit_pipeline: T3S_BOTTLENECK_TASKS=$tasks: expected a positive integer" >&2
@@ -146,25 +152,33 @@ fi
 bottleneck_job=$job
 submit profile "$bottleneck_job" "${profile_args[@]}" "$here/profile.sbatch" "$root/sft"
 mask_job=$job
-# the masks write into the one dataset: one after the other
+# the masks write into the one dataset: one after the other (seeded with train.seed, as `t3s pipeline` does)
 for entry in "${rules[@]}"; do
   read -r rule name channel <<<"$entry"
-  submit "mask-$rule" "$mask_job" "${one_args[@]}" "$here/t3s.sbatch" mask "$root/sft" --rule "$rule" --name "$channel"
+  submit "mask-$rule" "$mask_job" "${one_args[@]}" "$here/t3s.sbatch" mask "$root/sft" --rule "$rule" --name "$channel" \
+    --seed "$seed"
   mask_job=$job
 done
-t3s_job=""
+t3s_job="" done_jobs=""
 for entry in "${rules[@]}"; do
   read -r rule name channel <<<"$entry"
   submit "$name" "$mask_job" "${train_args[@]}" "$here/train.sbatch" --mode train "$config" "run_dir=$root/$name" \
     "data.path=$data" "model.init=$root/sft/snapshots/step_0" "mask.channel=$channel" \
     checkpoint.snapshot_step0=false "checkpoint.snapshot_interval=$snapshots"
   if [ -z "$t3s_job" ]; then t3s_job=$job; fi
+  done_jobs+=":$job"
 done
 submit export "$t3s_job" "${one_args[@]}" "$here/export.sbatch" "$root/t3s/checkpoints/iter_$steps" \
   --out "$root/t3s-hf" --overwrite
+done_jobs+=":$job"
 if [ "$rrt" = 1 ]; then
   submit rrt "$bottleneck_job" "${one_args[@]}" "$here/t3s.sbatch" rrt "$root/sft" --overwrite
+  done_jobs+=":$job"
 fi
+# sampling the curves takes the bottleneck's resources; without them the report is one small process
+report_args=("${one_args[@]}")
+if [ "$curves" = 1 ]; then report_args=("${bottleneck_args[@]}"); fi
+submit report "${done_jobs#:}" "${report_args[@]}" "$here/t3s.sbatch" pipeline "$config"
 if [ "$dry_run" -eq 0 ]; then
   echo "submitted to $root (job ids in $jobs_file); follow with: squeue -u \"\$USER\"; tail -f $logs/*.out"
 fi

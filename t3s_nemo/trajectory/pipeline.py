@@ -32,7 +32,7 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.trajectory.bottleneck import run_bottleneck
     from t3s_nemo.trajectory.mask_build import build_mask
-    from t3s_nemo.trajectory.profile import profile_run
+    from t3s_nemo.trajectory.profile import profile_run, selectors
 
     cfg: Config = load_config(config, overrides)
     if not cfg.run_dir:
@@ -90,7 +90,9 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     stage("3. profile: log p at theta_0 and theta_b -> delta")
     ds = PackedDataset(data)
     info = ds.channels.get("delta", {})
-    if info.get("selector_bottleneck") == bottleneck["bottleneck_dir"]:
+    # profiled by the selectors this config names (profile.selector_*, else the run's theta_0 and theta_b)
+    made_by = [Path(info[k]).resolve() if info.get(k) else None for k in ("selector_base", "selector_bottleneck")]
+    if made_by == [p.resolve() for p in selectors(sft_dir, cfg)]:
         console.print("done already")
     else:
         profile_run(sft_dir, nproc)

@@ -78,7 +78,7 @@ def test_pipeline_submitter_dry_run_chains_the_stages(tmp_path):
     jobs = parse_jobs(p.stdout)
     ref = {name: j["ref"] for name, j in jobs.items()}
     assert list(jobs) == ["t3s-sft", "t3s-bottleneck-sample", "t3s-bottleneck", "t3s-profile", "t3s-mask-ar",
-                          "t3s-mask-random", "t3s-t3s", "t3s-random", "t3s-export", "t3s-rrt"]
+                          "t3s-mask-random", "t3s-t3s", "t3s-random", "t3s-export", "t3s-rrt", "t3s-report"]
     chain = {"t3s-sft": None, "t3s-bottleneck-sample": "t3s-sft", "t3s-bottleneck": "t3s-bottleneck-sample",
              "t3s-profile": "t3s-bottleneck",
              "t3s-mask-ar": "t3s-profile", "t3s-mask-random": "t3s-mask-ar", "t3s-t3s": "t3s-mask-random",
@@ -100,7 +100,9 @@ def test_pipeline_submitter_dry_run_chains_the_stages(tmp_path):
                            "checkpoint.snapshot_step0=true", "checkpoint.snapshot_interval=1"]
     assert jobs["t3s-bottleneck"]["script"] == "bottleneck.sbatch" and jobs["t3s-bottleneck"]["args"] == [f"{root}/sft"]
     assert jobs["t3s-profile"]["script"] == "profile.sbatch" and jobs["t3s-profile"]["args"] == [f"{root}/sft"]
-    assert jobs["t3s-mask-ar"]["args"] == ["mask", f"{root}/sft", "--rule", "ar", "--name", "t3s_mask"]
+    # seeded as `t3s pipeline` seeds them (train.seed): the random baseline is the same mask either way
+    assert jobs["t3s-mask-ar"]["args"] == ["mask", f"{root}/sft", "--rule", "ar", "--name", "t3s_mask", "--seed", "1234"]
+    assert jobs["t3s-mask-random"]["args"][-4:] == ["--name", "mask_random", "--seed", "1234"]
     assert jobs["t3s-t3s"]["args"] == [
         "--mode", "train", f"{root}/config.yaml", f"run_dir={root}/t3s", f"data.path={root}/sft/data",
         f"model.init={root}/sft/snapshots/step_0", "mask.channel=t3s_mask", "checkpoint.snapshot_step0=false",
@@ -109,6 +111,20 @@ def test_pipeline_submitter_dry_run_chains_the_stages(tmp_path):
     assert jobs["t3s-export"]["script"] == "export.sbatch"
     assert jobs["t3s-export"]["args"] == [f"{root}/t3s/checkpoints/iter_5", "--out", f"{root}/t3s-hf", "--overwrite"]
     assert jobs["t3s-rrt"]["args"] == ["rrt", f"{root}/sft", "--overwrite"]
+    # the report waits for every run, the export and RRT, then `t3s pipeline` finds them done and writes
+    # pipeline.json and report.md (no curves asked: one small process)
+    report = jobs["t3s-report"]
+    assert report["dep"] == ":".join(ref[n] for n in ("t3s-t3s", "t3s-random", "t3s-export", "t3s-rrt"))
+    assert report["script"] == "t3s.sbatch" and report["args"] == ["pipeline", f"{root}/config.yaml"]
+    assert "--gpus=1" not in report["argv"]
+
+
+def test_pipeline_submitter_curves_snapshot_the_retraining_and_sample_with_the_bottleneck_resources(tmp_path):
+    root = tmp_path / "run"
+    jobs = parse_jobs(dry_run(tmp_path, root, "pipeline.curves=true", T3S_BOTTLENECK_SBATCH_ARGS="--gpus=1",
+                              T3S_ONE_SBATCH_ARGS="--mem=8G").stdout)
+    assert "checkpoint.snapshot_interval=1" in jobs["t3s-t3s"]["args"]  # as `t3s pipeline` has them
+    assert "--gpus=1" in jobs["t3s-report"]["argv"] and "--mem=8G" not in jobs["t3s-report"]["argv"]
 
 
 def test_pipeline_submitter_bottleneck_tasks(tmp_path):
