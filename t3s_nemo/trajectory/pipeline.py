@@ -26,13 +26,23 @@ def _finished(run_dir: Path, steps: int) -> bool:
     return W.is_complete(run_dir / "checkpoints" / f"iter_{steps}")
 
 
+def profiled(ds, sft_dir: Path, cfg: Config) -> bool:
+    """Whether the dataset's delta channel was profiled with the selectors this config names
+    (profile.selector_*, else the run's own theta_0 and theta_b)."""
+    from t3s_nemo.trajectory.profile import selectors
+
+    info = ds.channels.get("delta", {})
+    made_by = [Path(info[k]).resolve() if info.get(k) else None for k in ("selector_base", "selector_bottleneck")]
+    return made_by == [p.resolve() for p in selectors(sft_dir, cfg)]
+
+
 def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int = 1,
                  force: Optional[bool] = None) -> dict:
     from t3s_nemo.cli import launch_recipe
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.trajectory.bottleneck import run_bottleneck
     from t3s_nemo.trajectory.mask_build import build_mask
-    from t3s_nemo.trajectory.profile import profile_run, selectors
+    from t3s_nemo.trajectory.profile import profile_run
 
     cfg: Config = load_config(config, overrides)
     if not cfg.run_dir:
@@ -88,11 +98,7 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     console.print(f"theta_b = step {bottleneck['bottleneck_step']}")
 
     stage("3. profile: log p at theta_0 and theta_b -> delta")
-    ds = PackedDataset(data)
-    info = ds.channels.get("delta", {})
-    # profiled by the selectors this config names (profile.selector_*, else the run's theta_0 and theta_b)
-    made_by = [Path(info[k]).resolve() if info.get(k) else None for k in ("selector_base", "selector_bottleneck")]
-    if made_by == [p.resolve() for p in selectors(sft_dir, cfg)]:
+    if profiled(PackedDataset(data), sft_dir, cfg):
         console.print("done already")
     else:
         profile_run(sft_dir, nproc)

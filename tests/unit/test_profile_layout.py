@@ -53,3 +53,38 @@ def test_profile_run_takes_selector_overrides_only(tmp_path):
     assert (cfg.profile.selector_base, cfg.profile.selector_bottleneck) == ("/ckpt/8b-step0", "/ckpt/8b-b")
     with pytest.raises(T3SError, match=r"override 'train.lr=1': `t3s profile RUN` takes profile.\* and data.path"):
         load_profile_config(run, ["train.lr=1"])
+
+
+def test_a_pipeline_rerun_knows_a_profile_made_by_the_configured_selectors(tmp_path, packed_copy):
+    """Stage 3 is done when delta was profiled with the selectors the config names: the run's own
+    theta_0/theta_b, or profile.selector_* (which a rerun once took for a stale profile and redid)."""
+    import json
+
+    import numpy as np
+
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.trajectory.pipeline import profiled
+
+    sft = tmp_path / "sft"
+    dirs = {n: sft / "snapshots" / n for n in ("step_0", "step_3")} | {n: tmp_path / "sel" / n for n in ("b0", "bb")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+        (d / "t3s.json").write_text(json.dumps({"objective": "ar"}))
+    (sft / "bottleneck.json").write_text(json.dumps({"bottleneck_dir": str(dirs["step_3"])}))
+    own = load_config(REPO / "configs" / "tiny" / "sft.yaml")
+    chosen = load_config(REPO / "configs" / "tiny" / "sft.yaml", [f"profile.selector_base={dirs['b0']}",
+                                                                 f"profile.selector_bottleneck={dirs['bb']}"])
+
+    def profile_with(base, bottleneck):
+        ds = PackedDataset(packed_copy)
+        zeros = {eid: np.zeros(len(ds.read_example(i)) - int(ds.prompt_lengths[i]), np.float32)
+                 for i, eid in enumerate(ds.ids)}
+        ds.add_channel("delta", zeros, "float32", span="response", overwrite=True,
+                       info={"selector_base": str(base), "selector_bottleneck": str(bottleneck)})
+        return PackedDataset(packed_copy)
+
+    assert not profiled(PackedDataset(packed_copy), sft, own)  # no delta yet
+    ds = profile_with(dirs["step_0"], dirs["step_3"])
+    assert profiled(ds, sft, own) and not profiled(ds, sft, chosen)
+    ds = profile_with(dirs["b0"], dirs["bb"])
+    assert profiled(ds, sft, chosen) and not profiled(ds, sft, own)
