@@ -336,9 +336,9 @@ def mask(
                       "it keep their checkpoints, a resumed one trains on the new mask")
     what = (f"{r['target_fraction']:.1%} of {r['response_tokens']:,} response tokens are targets (always noised)"
             if rule == "dllm" else f"{r['masked_fraction']:.1%} of {r['response_tokens']:,} response tokens masked")
-    # the dLLM's targets are the yet-to-learn tokens (delta < -tau), not the anchors
+    # the dLLM's targets are the tokens that lost the most confidence (delta < -tau), not the anchors
     # the anchors (delta > 0) whatever the rule: what ar masks, what reverse keeps, a reference for the others
-    key, label = (("top_yet_to_learn_tokens", "top yet-to-learn tokens") if rule == "dllm" else
+    key, label = (("top_target_tokens", "top targets (delta < -tau)") if rule == "dllm" else
                   ("top_anchor_tokens", {"ar": "top anchors (masked)", "reverse": "top anchors (the tokens kept)"}.get(
                       rule, "top imitation anchors (delta > 0; not what this rule masks)")))
     console.print(f"{r['channel']}: rule {rule}, {what}; {label}: " + ", ".join(repr(t["token"]) for t in r[key][:10]))

@@ -98,10 +98,13 @@ def _report(ds, rule, name, delta, keep, anchor_fraction, top_k) -> dict:
     tok = load_tokenizer(ds.tokenizer_dir)
     anchor_counts: Counter = Counter()
     learn_counts: Counter = Counter()
+    target_counts: Counter = Counter()
     for i, d in enumerate(delta):
         ids = ds.read_example(i)[ds.response_slice(i)]
         anchor_counts.update(ids[d > 0].tolist())
-        learn_counts.update(ids[d <= 0].tolist())
+        learn_counts.update(ids[d <= 0].tolist())  # not anchors: every token whose confidence did not rise
+        if rule == "dllm":  # the channel's 1s: delta < -tau, a subset of those
+            target_counts.update(ids[keep[i].astype(bool)].tolist())
     total = sum(len(k) for k in keep)
     trained = int(sum(int(k.sum()) for k in keep))
 
@@ -116,6 +119,7 @@ def _report(ds, rule, name, delta, keep, anchor_fraction, top_k) -> dict:
             bins = np.minimum((np.arange(len(k)) * 10) // len(k), 9)
             np.add.at(by_pos, bins, 1 - k)
             np.add.at(counts, bins, 1)
+    extra = {"top_target_tokens": top(target_counts)} if rule == "dllm" else {}
     return {
         "rule": rule,
         "masked_fraction_by_position": [float(x) for x in by_pos / np.maximum(counts, 1)],
@@ -127,4 +131,5 @@ def _report(ds, rule, name, delta, keep, anchor_fraction, top_k) -> dict:
         "mean_delta": float(np.concatenate(delta).mean()) if delta else 0.0,
         "top_anchor_tokens": top(anchor_counts),
         "top_yet_to_learn_tokens": top(learn_counts),
+        **extra,
     }

@@ -66,6 +66,14 @@ def test_masks_follow_their_rules(trajectory):
         assert logp0[static == 0].min() >= logp0[static == 1].max()
         assert logp0[low == 0].max() <= logp0[low == 1].min()
     assert np.array_equal(resp("mask_dllm"), (delta < -0.2).astype(np.uint8))
+    # the dLLM report counts its targets (delta < -tau), not every token whose confidence did not rise
+    dllm = json.loads((data / "masks" / "mask_dllm.json").read_text())
+    from collections import Counter
+
+    ids = np.concatenate([ds.read_example(i)[ds.response_slice(i)] for i in range(ds.num_examples)])
+    for key, where in (("top_target_tokens", delta < -0.2), ("top_yet_to_learn_tokens", delta <= 0)):
+        want = Counter(ids[where].tolist()).most_common(5)
+        assert [(t["id"], t["count"]) for t in dllm[key][:5]] == want, key
     assert (data / "masks" / "t3s_mask.html").read_text().count("class=a") > 0
     assert (data / "masks" / "t3s_mask.png").stat().st_size > 1000
     report = json.loads((data / "masks" / "t3s_mask.json").read_text())
