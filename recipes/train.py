@@ -61,10 +61,17 @@ def ensure_packed(cfg: Config, is_main: bool) -> str:
             raise T3SError("config key 'data.tokenizer' is required to pack data.input")
         d = cfg.data
         fields = Fields(prompt=d.prompt_field, response=d.response_field, answer=d.answer_field,
-                        messages=d.messages_field, id=d.id_field)
-        s = pack([resolve_path(d.input)], resolve_path(d.tokenizer), out,
-                 PackOptions(seq_length=d.seq_length, on_overflow=d.on_overflow, template=d.template,
-                             fields=fields, overwrite=True))
+                        messages=d.messages_field, id=d.id_field, options="config")
+        made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+        try:
+            s = pack([resolve_path(d.input)], resolve_path(d.tokenizer), out,
+                     PackOptions(seq_length=d.seq_length, on_overflow=d.on_overflow, template=d.template,
+                                 fields=fields, overwrite=True))
+        except T3SError:  # bad input: leave no empty run directory behind (a rerun would take it for a run)
+            for p in made:
+                if p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
+            raise
         console.print(s.lines()[0] + f" -> {out}")
     long_barrier()  # rank 0 may pack for longer than the default group's timeout
     cfg.data.path = str(out)

@@ -104,7 +104,7 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
 class _Renderer:
     """Turns a record into (prompt text, response text) with the tokenizer's chat template or plainly."""
 
-    def __init__(self, tok, template: str, system_prompt: str):
+    def __init__(self, tok, template: str, system_prompt: str, option=Fields().option):
         has_template = bool(getattr(tok, "chat_template", None))
         self.auto_plain = template == "auto" and not has_template
         if template == "auto":
@@ -112,9 +112,10 @@ class _Renderer:
         if template == "chat" and not has_template:
             raise T3SError(
                 f"tokenizer {tok.name_or_path} has no chat template: chat formatting needs one "
-                "(use a chat tokenizer, or --template plain with prompt/response fields)"
+                f"(use a chat tokenizer, or {option('template', 'plain')} with prompt/response fields)"
             )
         self.tok = tok
+        self.option = option
         self.template = template
         self.system_prompt = system_prompt
 
@@ -127,7 +128,8 @@ class _Renderer:
                 )
             if rec.is_chat:
                 raise T3SError(
-                    f"{rec.source}: chat-format example (messages) but --template plain; use --template chat"
+                    f"{rec.source}: chat-format example (messages) but {self.option('template', 'plain')}; "
+                    f"use {self.option('template', 'chat')}"
                 )
             bos = self.tok.bos_token or ""
             return bos + rec.messages[0]["content"], rec.messages[-1]["content"] + self.tok.eos_token
@@ -157,7 +159,7 @@ class _Renderer:
                 f"{rec.source}: the chat template drops the reasoning (the text before </think>) from the "
                 "assistant turn, so the student would learn the final answers only (templates of QwQ and "
                 "DeepSeek-R1 distills do this); pack with the student's tokenizer, e.g. Qwen3's, whose "
-                "template keeps the last turn's reasoning, or use --template plain"
+                f"template keeps the last turn's reasoning, or use {self.option('template', 'plain')}"
             )
         return prompt, response
 
@@ -195,15 +197,16 @@ def _source_hash(inputs: list[Path]) -> str:
 def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path, opts: PackOptions) -> PackSummary:
     """Pack JSONL / HF-dataset examples into a t3s packed dataset at `output` (atomically)."""
     t0 = time.time()
+    option = opts.fields.option
     if opts.seq_length < 2:
-        raise T3SError(f"--seq-length must be at least 2, got {opts.seq_length}")
+        raise T3SError(f"{option('seq-length')} must be at least 2, got {opts.seq_length}")
     if opts.on_overflow not in ("error", "drop", "truncate"):
-        raise T3SError(f"--on-overflow '{opts.on_overflow}': expected error, drop or truncate")
+        raise T3SError(f"{option('on-overflow')} '{opts.on_overflow}': expected error, drop or truncate")
     if opts.template not in ("auto", "chat", "plain"):
-        raise T3SError(f"--template '{opts.template}': expected auto, chat or plain")
+        raise T3SError(f"{option('template')} '{opts.template}': expected auto, chat or plain")
     files = input_files(inputs)
     tok = load_tokenizer(tokenizer_dir)
-    render = _Renderer(tok, opts.template, opts.system_prompt)
+    render = _Renderer(tok, opts.template, opts.system_prompt, option)
     output = Path(output)
 
     with staged_dir(output, overwrite=opts.overwrite, inputs=[*inputs, *files, tokenizer_dir]) as tmp:
@@ -227,8 +230,9 @@ def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path
                     if n > opts.seq_length:
                         if opts.on_overflow == "error":
                             raise T3SError(
-                                f"{rec.source}: example '{rec.id}' has {n} tokens, more than --seq-length "
-                                f"{opts.seq_length} (use --on-overflow drop or truncate)"
+                                f"{rec.source}: example '{rec.id}' has {n} tokens, more than "
+                                f"{option('seq-length', str(opts.seq_length))} (use {option('on-overflow', 'drop')} "
+                                "or truncate)"
                             )
                         if opts.on_overflow == "drop" or len(p) >= opts.seq_length - 1:
                             dropped += 1
@@ -246,7 +250,7 @@ def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path
                 bar.advance(task, len(chunk))
         builder.finalize()
         if not ids:
-            raise T3SError("no examples left to pack (all were dropped as longer than --seq-length)")
+            raise T3SError(f"no examples left to pack (all were dropped as longer than {option('seq-length')})")
 
         # Pass 2: first-fit-decreasing bins, written channel by channel in bin order.
         lengths_np = np.asarray(lengths, dtype=np.int64)

@@ -21,6 +21,17 @@ class Fields:
     answer: str = "answer"  # "" = the input has no gold answers
     messages: str = "messages"
     id: str = "id"
+    # how errors name the settings: "cli" for `t3s data pack` flags, "config" for a run's data.* keys
+    # (`t3s sft` packs data.input itself)
+    options: str = "cli"
+
+    def option(self, name: str, value: Optional[str] = None) -> str:
+        """A packing setting as the user gives it: `--seq-length 30` to `t3s data pack`, `data.seq_length=30`
+        in a run's config."""
+        if self.options == "config":
+            key = "data." + name.replace("-", "_")
+            return key if value is None else f"{key}={value}"
+        return f"--{name}" if value is None else f"--{name} {value}"
 
 
 @dataclass
@@ -106,9 +117,13 @@ def _iter_hf(path: Path) -> Iterator[tuple[str, dict]]:
         yield f"{path}:row {i + 1}", row
 
 
-def _text(obj: dict, key: str, where: str) -> str:
+def _text(obj: dict, key: str, where: str, fields: Fields) -> str:
     if key not in obj:
-        raise T3SError(f"{where}: missing field '{key}'")
+        kind = "prompt" if key == fields.prompt else "response"
+        found = ", ".join(repr(k) for k in list(obj)[:12]) or "none"
+        raise T3SError(f"{where}: missing field '{key}' (the {kind}; name the fields with "
+                       f"{fields.option('prompt-field')} and {fields.option('response-field')}, or give a chat "
+                       f"list in '{fields.messages}' ({fields.option('messages-field')}); found: {found})")
     value = obj[key]
     if not isinstance(value, str):
         raise T3SError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
@@ -117,11 +132,12 @@ def _text(obj: dict, key: str, where: str) -> str:
     return value
 
 
-def _answer(obj: dict, key: str, where: str) -> Optional[str]:
+def _answer(obj: dict, key: str, where: str, fields: Fields) -> Optional[str]:
     if not key:
         return None
     if key not in obj:
-        raise T3SError(f"{where}: missing field '{key}' (the gold answer; pass --answer-field '' if there is none)")
+        raise T3SError(f"{where}: missing field '{key}' (the gold answer; {fields.option('answer-field')} names "
+                       f"it, {fields.option('answer-field', repr(''))} if there is none)")
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise T3SError(f"{where}: field '{key}' must be a string or number, got {type(value).__name__}")
@@ -159,11 +175,11 @@ def read_records(inputs: list[str | Path], fields: Fields = Fields()) -> Iterato
             if fields.messages and obj.get(fields.messages) is not None:
                 messages, is_chat = _messages(obj, fields.messages, where), True
             else:
-                prompt = _text(obj, fields.prompt, where)
-                response = _text(obj, fields.response, where)
+                prompt = _text(obj, fields.prompt, where, fields)
+                response = _text(obj, fields.response, where, fields)
                 messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
                 is_chat = False
-            answer = _answer(obj, fields.answer, where)
+            answer = _answer(obj, fields.answer, where, fields)
             rid = obj.get(fields.id) if fields.id else None
             if rid is None:
                 rid = f"ex-{index:08d}"

@@ -31,7 +31,9 @@ CASES = {
     ),
     "not_an_object": ([GOOD, "[1, 2]"], {}, "{src}:2: expected a JSON object, got list"),
     "missing_field": (
-        [GOOD, {"id": "x", "prompt": "p", "answer": "1"}], {}, "{src}:2: missing field 'response'"
+        [GOOD, {"id": "x", "prompt": "p", "answer": "1"}], {},
+        "{src}:2: missing field 'response' (the response; name the fields with --prompt-field and "
+        "--response-field, or give a chat list in 'messages' (--messages-field); found: 'id', 'prompt', 'answer')",
     ),
     "empty_field": ([{**GOOD, "prompt": "   "}], {}, "{src}:1: field 'prompt' is empty"),
     "ill_typed_field": ([GOOD, {**GOOD2, "response": ["a"]}], {}, "{src}:2: field 'response' must be a string, got list"),
@@ -39,11 +41,25 @@ CASES = {
     "empty_answer": ([{**GOOD, "answer": ""}], {}, "{src}:1: field 'answer' is empty"),
     "missing_answer": (
         [{"prompt": "p", "response": "r"}], {},
-        "{src}:1: missing field 'answer' (the gold answer; pass --answer-field '' if there is none)",
+        "{src}:1: missing field 'answer' (the gold answer; --answer-field names it, --answer-field '' if there is none)",
     ),
     "renamed_field_missing": (
-        [GOOD], {"fields": Fields(prompt="question")}, "{src}:1: missing field 'question'"
+        [GOOD], {"fields": Fields(prompt="question")},
+        "{src}:1: missing field 'question' (the prompt; name the fields with --prompt-field and --response-field, "
+        "or give a chat list in 'messages' (--messages-field); found: 'id', 'prompt', 'response', 'answer')"
     ),
+    # `t3s sft` packs data.input itself: its errors name the config keys, not `t3s data pack`'s flags
+    "config_missing_answer": (
+        [{"prompt": "p", "response": "r"}], {"fields": Fields(options="config")},
+        "{src}:1: missing field 'answer' (the gold answer; data.answer_field names it, data.answer_field='' if "
+        "there is none)",
+    ),
+    "config_too_long": (
+        [GOOD, {**GOOD2, "response": "word " * 40}], {"seq_length": 30, "fields": Fields(options="config")},
+        "{src}:2: example 'g2' has {n} tokens, more than data.seq_length=30 (use data.on_overflow=drop or truncate)",
+    ),
+    "config_seq_length_too_small": ([GOOD], {"seq_length": 1, "fields": Fields(options="config")},
+                                    "data.seq_length must be at least 2, got 1"),
     "ill_typed_id": ([{**GOOD, "id": [1]}], {}, "{src}:1: field 'id' must be a string or integer"),
     "duplicate_id": ([GOOD, GOOD2, {**GOOD2, "id": "g1"}], {}, "{src}:3: duplicate id 'g1' (first seen at {src}:1)"),
     "invalid_utf8": (
@@ -110,7 +126,7 @@ def test_bad_input_is_one_line_naming_file_and_field(tmp_path, demo_tokenizer_di
     with pytest.raises(T3SError) as info:
         pack([src], demo_tokenizer_dir, parent / "ds", opts)
     msg = str(info.value)
-    if case == "too_long":
+    if case.endswith("too_long"):
         n = len(demo_tokenizer.apply_chat_template(
             [{"role": "user", "content": GOOD2["prompt"]}, {"role": "assistant", "content": "word " * 40}],
             tokenize=True, return_dict=True)["input_ids"])
@@ -225,3 +241,19 @@ def test_errors_in_a_later_file_of_a_directory_name_that_file(tmp_path):
     with pytest.raises(T3SError) as info:
         list(read_records([d]))
     assert str(info.value) == f"{d / 'b.jsonl'}:2: field 'response' must be a string, got int"
+
+
+def test_sft_packing_bad_input_leaves_no_run_directory(tmp_path, write_jsonl):
+    """`t3s sft` with data.input packs into run_dir/data first: a bad input is refused with the config
+    key to change, and the run directory it would have made is not left behind for a rerun to resume."""
+    from pathlib import Path
+
+    from t3s_nemo.config import load_config
+    from t3s_nemo.recipes.train import ensure_packed
+
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "p", "response": "r"}])
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml"
+    cfg = load_config(tiny, [f"run_dir={tmp_path / 'runs' / 'a'}", f"data.input={src}"])
+    with pytest.raises(T3SError, match=r"in.jsonl:1: missing field 'answer' \(the gold answer; data.answer_field "):
+        ensure_packed(cfg, is_main=True)
+    assert not (tmp_path / "runs").exists()
