@@ -66,8 +66,8 @@ app.add_typer(data_app, name="data")
 # ---- data ----------------------------------------------------------------------------------------
 @data_app.command("pack")
 def data_pack(
-    input: Annotated[list[Path], typer.Option("--input", "-i", help="JSONL file, directory of *.jsonl, or a saved HF dataset directory; repeat for several.")],
-    tokenizer: Annotated[Path, typer.Option(help="Local Hugging Face tokenizer directory (its chat template formats the examples).")],
+    input: Annotated[list[Path], typer.Option("--input", "-i", help="JSONL file, directory of *.jsonl, or a saved HF dataset directory; repeat for several (pkg:assets/demo/train.jsonl is the bundled demo set).")],
+    tokenizer: Annotated[Path, typer.Option(help="Local Hugging Face tokenizer directory (its chat template formats the examples; pkg:assets/demo/tokenizer is the bundled demo tokenizer).")],
     seq_length: Annotated[int, typer.Option("--seq-length", help="Tokens per packed bin (the training sequence length).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (created; must not exist unless --overwrite).")],
     on_overflow: Annotated[str, typer.Option(help="Examples longer than --seq-length: error | drop | truncate (the response).")] = "error",
@@ -86,9 +86,11 @@ def data_pack(
     (first-fit-decreasing). Channels: tokens (int32) and loss_mask (uint8, 1 on response tokens);
     meta.json keeps the tokenizer fingerprint, ids, gold answers and prompt lengths.
     """
+    from t3s_nemo.config import resolve_path
     from t3s_nemo.data.pack import PackOptions, pack
     from t3s_nemo.data.source import Fields
 
+    input, tokenizer = [Path(resolve_path(str(p))) for p in input], Path(resolve_path(str(tokenizer)))
     opts = PackOptions(
         seq_length=seq_length, on_overflow=on_overflow, template=template, system_prompt=system_prompt,
         fields=Fields(prompt=prompt_field, response=response_field, answer=answer_field,

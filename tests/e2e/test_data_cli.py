@@ -308,3 +308,18 @@ def test_a_pipeline_rerun_names_the_keys_that_changed(tmp_path):
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "was made with another config" in err
     assert "Changed: data.path: '' -> " in err and "; train.seed: 1234 -> 7" in err and "run_dir" not in err.split("Changed:")[1]
+
+
+def test_pack_takes_the_bundled_demo_files_by_pkg_path(tmp_path, monkeypatch, capsys, demo_tokenizer_dir):
+    """`pkg:` names files shipped in t3s_nemo, as in configs/tiny/sft.yaml: the same on the command line."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"prompt": "What is 2 + 3?", "response": "5", "answer": "5"}) + "\n")
+    from t3s_nemo.cli import main
+    from t3s_nemo.data.tokenizer import fingerprint, load_tokenizer
+
+    monkeypatch.setattr(sys, "argv", ["t3s", "data", "pack", "-i", str(src), "--tokenizer", "pkg:assets/demo/tokenizer",
+                                      "--seq-length", "64", "--output", str(tmp_path / "ds")])
+    main()  # returns on success
+    out, err = capsys.readouterr()
+    assert "packed 1 examples" in out + err, (out, err)
+    assert PackedDataset(tmp_path / "ds").fingerprint == fingerprint(load_tokenizer(demo_tokenizer_dir))
