@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     peak = peak_flops()
     log = TrajectoryLog(run_dir, start, cfg.train.tensorboard, cfg.train.wandb_project,
                         {"config": to_yaml(cfg)}) if env.is_main else None
+    coverage, few_bins = tdata.data_coverage(len(bins), cfg.train.global_batch_size, cfg.train.steps)
     if env.is_main:
         n_params = num_parameters(bundle.shape, bundle.vocab_size)
         active = (f", {num_parameters(bundle.shape, bundle.vocab_size, active=True) / 1e6:,.1f}M active, "
@@ -207,10 +208,12 @@ def main(argv: list[str] | None = None) -> None:
             f"on {env.world_size} {'GPU' if torch.cuda.is_available() else 'CPU process'}(es): "
             f"tp={cfg.parallel.tp} pp={cfg.parallel.pp} cp={cfg.parallel.cp} dp={dp}, "
             f"{nmb} micro-batch(es) of {cfg.train.micro_batch_size} x {packed.seq_length} tokens per step, "
-            f"{bundle.dtype}; steps {start}->{cfg.train.steps}; run {run_dir}"
+            f"{bundle.dtype}; steps {start}->{cfg.train.steps} ({coverage}); run {run_dir}"
             + (f"; T3S mask: mask.channel={cfg.mask.channel}" if cfg.mask.channel else
                f"; T3S mask: mask.rule={cfg.mask.rule}" if cfg.mask.rule else "")
         )
+        if few_bins:
+            console.print(f"[yellow]note:[/] {few_bins}")
     ckpt.at_start(model, start)
     preemption = Preemption()
     bar = progress()  # drawn on interactive terminals, by rank 0 only

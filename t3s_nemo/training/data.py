@@ -52,6 +52,16 @@ class StepSampler:
         return step * self.global_batch / self.num_bins
 
 
+def data_coverage(num_bins: int, global_batch: int, steps: int) -> tuple[str, Optional[str]]:
+    """(how many passes over the data `steps` make, a warning or None) for the run's start-up line."""
+    text = f"{steps * global_batch / num_bins:,.1f} epochs of {num_bins:,} bins"
+    if num_bins < global_batch:
+        return text, (f"the dataset has {num_bins} packed bin(s), fewer than train.global_batch_size="
+                      f"{global_batch}: every step trains on some bins twice (pack more examples, or a smaller "
+                      "global batch)")
+    return text, None
+
+
 def channel_rules(packed: PackedDataset, name: str) -> set[str]:
     """The `t3s mask` rules that made a channel: its own, or each teacher's in a `t3s data mix` output."""
     info = packed.channels.get(name, {})

@@ -32,3 +32,14 @@ def test_anchor_rules_partition_the_response_tokens():
     assert (anchor_mask(delta) + reverse_mask(delta) == 1).all()
     assert dllm_targets(delta, 0.2).tolist() == [0, 0, 0, 0, 1]
     assert get_rule("ar") is anchor_mask
+
+
+def test_the_start_line_counts_epochs_and_warns_when_a_step_repeats_bins():
+    from t3s_nemo.training.data import data_coverage
+
+    assert data_coverage(73, 8, 40) == ("4.4 epochs of 73 bins", None)
+    text, note = data_coverage(3, 8, 10)
+    assert text == "26.7 epochs of 3 bins"
+    assert "3 packed bin(s), fewer than train.global_batch_size=8: every step trains on some bins twice" in note
+    # the sampler does what the note says: one step holds a bin more than once
+    assert len(set(StepSampler(3, 8, seed=0).step_bins(0).tolist())) == 3
