@@ -674,6 +674,8 @@ def demo(
     """
     from t3s_nemo.demo.run import run_demo
 
+    if steps is not None and steps < 1:
+        raise T3SError(f"--steps {steps}: must be at least 1")
     run_demo(out, steps, nproc_per_node, overwrite, seed, student, rebuild_student)
 
 

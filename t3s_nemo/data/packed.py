@@ -43,7 +43,11 @@ class PackedDataset:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_dir():
-            raise T3SError(f"{self.path}: packed dataset directory not found")
+            hint = ""
+            if self.path.is_file() and self.path.suffix in (".jsonl", ".json"):
+                hint = ("; this is raw examples: pack them with `t3s data pack`, or give them as data.input "
+                        "(with data.tokenizer) and a run packs them into run_dir/data")
+            raise T3SError(f"{self.path}: packed dataset directory not found{hint}")
         self.meta = read_json(self.path / "meta.json", "packed dataset meta.json")
         if self.meta.get("format") != FORMAT:
             raise T3SError(f"{self.path}/meta.json: not a t3s packed dataset (format={self.meta.get('format')!r})")

@@ -194,6 +194,10 @@ def test_add_channel_succeeds_and_stays_aligned(runs, tmp_path, monkeypatch, cap
         (("plan", "{root}"), "{root}: is a directory; give a config file (e.g. {root}/sft.yaml)"),
         (("demo", "--out", "{packed}", "--overwrite"),
          "--out {packed}: a non-empty directory that is not a demo run; choose another --out"),
+        (("demo", "--out", "{root}/x", "--steps", "0"), "--steps 0: must be at least 1"),
+        (("data", "inspect", "{src}"), "{src}: packed dataset directory not found; this is raw examples: pack them "
+                                       "with `t3s data pack`, or give them as data.input (with data.tokenizer) and a "
+                                       "run packs them into run_dir/data"),
         (("demo", "--out", "{root}/x", "--student", "{root}/nope"),
          "--student {root}/nope: not a Hugging Face model directory (no config.json)"),
         (("eval", "compare", "{packed}/meta.json"),
