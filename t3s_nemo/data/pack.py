@@ -8,6 +8,7 @@ the channels bin by bin, reading examples back from the memory-mapped temporary 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,13 +271,13 @@ def pack(inputs: list[str | Path], tokenizer_dir: str | Path, output: str | Path
             "seq_length": opts.seq_length,
             "template": render.template,
             "tokenizer": {
-                "source": str(tokenizer_dir),
+                "source": os.path.abspath(tokenizer_dir),  # provenance: where it came from, not where it is
                 "fingerprint": fingerprint(tok),
                 "vocab_size": len(tok),
                 "eos_id": tok.eos_token_id,
                 "pad_id": pad_id(tok),
             },
-            "source": {"inputs": [str(p) for p in files], "hash": _source_hash(files)},
+            "source": {"inputs": [os.path.abspath(p) for p in files], "hash": _source_hash(files)},
             "num_examples": len(order),
             "num_bins": len(bins),
             "num_tokens": int(lengths_np.sum()),

@@ -7,6 +7,7 @@ line needs the file and line number, which the Arrow JSON reader does not report
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -141,6 +142,8 @@ def _answer(obj: dict, key: str, where: str, fields: Fields) -> Optional[str]:
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise T3SError(f"{where}: field '{key}' must be a string or number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):  # Python's json reads NaN and Infinity
+        raise T3SError(f"{where}: field '{key}' is {value}; a gold answer must be a finite number or a string")
     value = str(value)
     if not value.strip():
         raise T3SError(f"{where}: field '{key}' is empty")

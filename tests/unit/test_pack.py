@@ -5,6 +5,7 @@ cu_seqlens, block-diagonal mask) is right."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -376,3 +377,14 @@ def test_collate_offsets_cu_seqlens(demo_packed):
     assert batch["tokens"].shape == (2, S)
     assert batch["cu_seqlens"].tolist() == a["cu_seqlens"].tolist() + (b["cu_seqlens"][1:] + S).tolist()
     assert batch["cu_seqlens"][-1] == 2 * S
+
+
+def test_meta_records_absolute_sources_whatever_the_working_directory(tmp_path, demo_records, demo_tokenizer_dir,
+                                                                    write_jsonl, monkeypatch):
+    """A dataset's provenance must not depend on where `t3s data pack` ran from."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", demo_records[:4])
+    monkeypatch.chdir(tmp_path)
+    pack(["in/a.jsonl"], demo_tokenizer_dir, "out", PackOptions(seq_length=400))
+    ds = PackedDataset(tmp_path / "out")
+    assert ds.meta["source"]["inputs"] == [str(tmp_path / "in" / "a.jsonl")]
+    assert ds.meta["tokenizer"]["source"] == os.path.abspath(demo_tokenizer_dir)

@@ -38,6 +38,8 @@ CASES = {
     "empty_field": ([{**GOOD, "prompt": "   "}], {}, "{src}:1: field 'prompt' is empty"),
     "ill_typed_field": ([GOOD, {**GOOD2, "response": ["a"]}], {}, "{src}:2: field 'response' must be a string, got list"),
     "ill_typed_answer": ([{**GOOD, "answer": True}], {}, "{src}:1: field 'answer' must be a string or number, got bool"),
+    "nan_answer": (['{"prompt": "p", "response": "r", "answer": NaN}'], {},
+                   "{src}:1: field 'answer' is nan; a gold answer must be a finite number or a string"),
     "empty_answer": ([{**GOOD, "answer": ""}], {}, "{src}:1: field 'answer' is empty"),
     "missing_answer": (
         [{"prompt": "p", "response": "r"}], {},
