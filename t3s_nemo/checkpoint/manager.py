@@ -303,7 +303,7 @@ class CheckpointManager:
         fp = marker.get("tokenizer_fingerprint")
         if fp and fp != self.tokenizer_fingerprint:
             raise T3SError(f"{path}: made with another tokenizer ({fp}) than the dataset's ({self.tokenizer_fingerprint})")
-        from t3s_nemo.model.qwen3 import LOAD_FIELDS, Shape
+        from t3s_nemo.model.qwen3 import FUNCTION_FIELDS, LOAD_FIELDS, Shape
 
         shape = marker.get("shape")
         mine = {k: getattr(self.bundle.shape, k) for k in self.bundle.shape.__dataclass_fields__}
@@ -314,6 +314,15 @@ class CheckpointManager:
             if diff:
                 raise T3SError(f"{path}: model shape differs from model.preset={self.cfg.model.preset} "
                                f"({', '.join(f'{k} {theirs[k]} vs {mine[k]}' for k in diff)})")
+            # the weights load, but the function differs: on purpose (a longer context's rope_theta) or not
+            # (a fine-tune's norm_eps the preset does not know): say so, with the key that keeps the weights'
+            other = [k for k in FUNCTION_FIELDS if k in shape and shape[k] != mine[k]]
+            if other and self.is_main:
+                console.print(f"[yellow]note:[/] {path} was made with "
+                              + ", ".join(f"{k} {shape[k]}" for k in other) + "; this run uses "
+                              + ", ".join(f"{mine[k]}" for k in other) + " (model.preset="
+                              f"{self.cfg.model.preset}); to keep the weights' own, set "
+                              + " ".join(f"model.{k}={shape[k]}" for k in other))
 
     # ---- retention ----------------------------------------------------------------------------------
     def _retain_full(self) -> None:

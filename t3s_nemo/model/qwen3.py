@@ -91,6 +91,8 @@ OVERRIDABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_he
 # the fields a checkpoint's shape must share with the model it is loaded into
 LOAD_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                "head_dim", "num_experts", "moe_ffn_hidden_size", "moe_shared_expert_size", "first_k_dense")
+# the fields that change what loaded weights compute without changing any tensor's shape
+FUNCTION_FIELDS = ("rope_theta", "norm_eps", "rotary_percent", "moe_topk")
 
 
 def resolve_shape(model_cfg) -> Shape:

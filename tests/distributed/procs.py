@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -43,11 +44,15 @@ def run_script(name: str, *args) -> dict:
     return json.loads(p.stdout.rsplit("RESULT ", 1)[1].splitlines()[0])
 
 
-def train(run_dir: Path, data: Path, *overrides: str, nproc: int = 1, mode: str = "sft") -> list[dict]:
-    """Run the train recipe (under torchrun when nproc > 1); returns trajectory.jsonl records."""
+def train(run_dir: Path, data: Path, *overrides: str, nproc: int = 1, mode: str = "sft",
+          printed: Optional[list[str]] = None) -> list[dict]:
+    """Run the train recipe (under torchrun when nproc > 1); returns trajectory.jsonl records (and appends
+    what it printed to `printed`)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else [sys.executable]
-    run([*launcher, "-m", "t3s_nemo.recipes.train", "--mode", mode, str(TINY), f"run_dir={run_dir}",
-         f"data.path={data}", "train.tensorboard=false", "checkpoint.async_save=false", *overrides])
+    p = run([*launcher, "-m", "t3s_nemo.recipes.train", "--mode", mode, str(TINY), f"run_dir={run_dir}",
+             f"data.path={data}", "train.tensorboard=false", "checkpoint.async_save=false", *overrides])
+    if printed is not None:
+        printed.append(p.stdout + p.stderr)
     return [json.loads(line) for line in (run_dir / "trajectory.jsonl").read_text().splitlines()]
 
 

@@ -71,9 +71,17 @@ def test_sft_starts_from_a_hugging_face_directory(tiny_data, tmp_path):
     # but not of 128 x tp, so re-padding them for tp=2 (768) would refuse the weights
     hf = tmp_path / "hf"
     tiny_hf_model(hf, tie=True, vocab_size=640)
-    run_dir = tmp_path / "run"
+    # a fine-tune's epsilon the preset does not have: the weights load, and the run says what it changes
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+    run_dir, printed = tmp_path / "run", []
     records = train(run_dir, tiny_data, "train.steps=2", "train.global_batch_size=2", f"model.init={hf}",
-                    "parallel.tp=2", "checkpoint.snapshot_step0=true", "checkpoint.snapshot_interval=1", nproc=2)
+                    "parallel.tp=2", "checkpoint.snapshot_step0=true", "checkpoint.snapshot_interval=1", nproc=2,
+                    printed=printed)
+    said = " ".join(printed[0].split())
+    assert "was made with norm_eps 1e-05; this run uses 1e-06 (model.preset=tiny); to keep the weights' own, " \
+           "set model.norm_eps=1e-05" in said, said[-3000:]
+    assert said.count("was made with norm_eps") == 1  # rank 0 only
     assert (run_dir / "init_from_hf" / "t3s.json").is_file()
     assert [r["step"] for r in records] == [1, 2]
     assert json.loads((run_dir / "snapshots" / "step_2" / "t3s.json").read_text())["padded_vocab_size"] == 640
