@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         shutdown()
         return
     if env.is_main:  # after the checks above: a refused or finished run keeps the config it was made with
+        # what the run trains at: the packed dataset's bins (data.seq_length only packs data.input)
+        cfg.data.seq_length = packed.seq_length
         save_config(cfg, run_dir / "config.yaml")
 
     sampler = tdata.StepSampler(len(bins), cfg.train.global_batch_size, cfg.train.seed, cfg.data.shuffle)

@@ -31,7 +31,7 @@ class DataConfig:
     # Packing inputs, used by `t3s pipeline` / `t3s demo` when data.path is empty or missing.
     input: str = ""
     tokenizer: str = ""
-    seq_length: int = 2048
+    seq_length: int = 2048  # packs data.input; a run's config.yaml records its dataset's
     on_overflow: str = "error"  # error | drop | truncate
     template: str = "auto"  # auto | chat | plain
     prompt_field: str = "prompt"

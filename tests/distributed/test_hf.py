@@ -82,6 +82,10 @@ def test_sft_starts_from_a_hugging_face_directory(tiny_data, tmp_path):
     assert "was made with norm_eps 1e-05; this run uses 1e-06 (model.preset=tiny); to keep the weights' own, " \
            "set model.norm_eps=1e-05" in said, said[-3000:]
     assert said.count("was made with norm_eps") == 1  # rank 0 only
+    # config.yaml records the length the run trained at (the dataset's 512), not the tiny config's 1024
+    from t3s_nemo.config import load_config
+
+    assert load_config(run_dir / "config.yaml").data.seq_length == 512
     assert (run_dir / "init_from_hf" / "t3s.json").is_file()
     assert [r["step"] for r in records] == [1, 2]
     assert json.loads((run_dir / "snapshots" / "step_2" / "t3s.json").read_text())["padded_vocab_size"] == 640
