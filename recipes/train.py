@@ -66,7 +66,7 @@ def ensure_packed(cfg: Config, is_main: bool) -> str:
         try:
             s = pack([resolve_path(d.input)], resolve_path(d.tokenizer), out,
                      PackOptions(seq_length=d.seq_length, on_overflow=d.on_overflow, template=d.template,
-                                 fields=fields, overwrite=True))
+                                 fields=fields, system_prompt=d.system_prompt, overwrite=True))
         except T3SError:  # bad input: leave no empty run directory behind (a rerun would take it for a run)
             for p in made:
                 if p.is_dir() and not any(p.iterdir()):

@@ -5,8 +5,8 @@
 #                                    \-> RRT (pipeline.rrt=true) -----------------------------------/
 #
 # The report job runs `t3s pipeline CONFIG` once every stage is done: it finds each stage finished,
-# samples the accuracy curves (pipeline.curves) and writes pipeline.json, curves and report.md, the
-# outputs of a local `t3s pipeline`.
+# samples the accuracy curves (pipeline.curves=true: curves.json, accuracy_curves.png, results.md) and
+# writes pipeline.json and report.html, the outputs of a local `t3s pipeline`.
 #
 #   slurm/submit_pipeline.sh [--dry-run] CONFIG [key=value ...]
 #
@@ -59,6 +59,9 @@ try:
     cfg = load_config(sys.argv[2], sys.argv[3:])
     if not cfg.run_dir:
         raise T3SError("config key 'run_dir' is required")
+    if cfg.model.objective != "ar":
+        raise T3SError(f"config key 'model.objective': {cfg.model.objective}; the pipeline runs the AR recipe "
+                       "(its profile is causal log p): for a dLLM student see docs/dllm.md")
     if cfg.pipeline.online:
         raise T3SError("config key 'pipeline.online': this submitter chains the offline stages as jobs; online T3S "
                        "is one driver that restarts training itself: run `t3s pipeline CONFIG pipeline.online=true "

@@ -39,6 +39,7 @@ class DataConfig:
     answer_field: str = "answer"
     messages_field: str = "messages"
     id_field: str = "id"
+    system_prompt: str = ""  # a system message prepended in chat format (`t3s data pack --system-prompt`)
 
 
 @dataclass
@@ -518,7 +519,8 @@ def changed_keys(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list
 
 # Keys a run cannot change between launches: they define the trajectory (or the optimizer state that a
 # checkpoint holds), so a resumed run with new values would be neither the old run nor a new one.
-# train.steps may grow (the schedule follows), and layout, logging and checkpoint keys may change.
+# train.steps may change (a resumed run keeps the checkpoint's LR schedule: docs/engine.md), and layout,
+# logging and checkpoint keys may change.
 RESUME_FROZEN = ("train.lr", "train.min_lr", "train.warmup_steps", "train.lr_decay", "train.weight_decay",
                  "train.adam_beta1", "train.adam_beta2", "train.adam_eps", "train.global_batch_size",
                  "train.seed", "data.shuffle", "mask.", "model.")

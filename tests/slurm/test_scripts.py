@@ -153,3 +153,9 @@ def test_pipeline_submitter_points_online_mode_to_one_allocation(tmp_path):
     assert p.returncode == 1 and not p.stdout
     assert "pipeline.online=true --nproc-per-node N` inside one single-node allocation" in p.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_pipeline_submitter_refuses_a_dllm_student_before_submitting(tmp_path):
+    p = dry_run(tmp_path, tmp_path / "run", "model.objective=dllm")
+    assert p.returncode == 1 and not p.stdout  # nothing submitted: the profile job would have failed hours in
+    assert "config key 'model.objective': dllm; the pipeline runs the AR recipe" in p.stderr

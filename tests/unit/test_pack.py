@@ -164,6 +164,16 @@ def test_system_prompt_is_part_of_the_prompt(tmp_path, demo_records, demo_tokeni
         want, plen = expected_tokens(demo_tokenizer, chat(by_id[eid]), system_prompt="Be brief.")
         assert tokens == want and mask == [0] * plen + [1] * (len(want) - plen)
     assert "Be brief." in demo_tokenizer.decode(ds.read_example(0)[: int(ds.prompt_lengths[0])])
+    # a run that packs data.input itself takes it as data.system_prompt: the same dataset
+    from pathlib import Path
+
+    from t3s_nemo.config import load_config
+    from t3s_nemo.recipes.train import ensure_packed
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml"
+    cfg = load_config(tiny, [f"run_dir={tmp_path / 'run'}", f"data.input={src}", f"data.tokenizer={demo_tokenizer_dir}",
+                             "data.seq_length=512", "data.system_prompt=Be brief."])
+    assert all_examples(PackedDataset(ensure_packed(cfg, is_main=True))) == all_examples(ds)
 
 
 # ---- input formats -------------------------------------------------------------------------------
