@@ -372,8 +372,8 @@ def rrt(
         from t3s_nemo.trajectory.profile import run_checkpoints, run_layout
 
         cfg = load_config(run / "config.yaml")
-        b0, bb = run_checkpoints(run)  # the student's own theta_0 and theta_b, whatever selector profiled it
-        base, bottleneck = base or b0, bottleneck or bb
+        # the student's own theta_0 and theta_b (whatever selector profiled it), where not given
+        base, bottleneck = run_checkpoints(run, str(base or ""), str(bottleneck or ""))
         final = final or step_dirs(run / "snapshots")[-1][1]
         out = out or run / "rrt"
         parallel, note = run_layout(cfg, nproc_per_node, tp, pp, doing="computing RRT")

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 from t3s_nemo.errors import T3SError
 
@@ -51,14 +51,26 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
+def read_json(path: str | Path, what: str = "file", expect: Optional[type] = None) -> Any:
+    """A JSON file's value; one T3SError naming the file for a missing, unreadable or malformed one
+    (or, with expect=dict/list, one whose top level is another type)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise T3SError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise T3SError(f"{path}: is a directory; expected the {what} (a JSON file)") from None
+    except UnicodeDecodeError:
+        raise T3SError(f"{path}: not UTF-8 text; expected the {what} (a JSON file)") from None
+    except OSError as e:
+        raise T3SError(f"{path}: cannot read the {what}: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise T3SError(f"{path}:{e.lineno}: invalid JSON in {what}: {e.msg}") from None
+    if expect is not None and not isinstance(value, expect):
+        want = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        raise T3SError(f"{path}: {what} must be {want}, got {type(value).__name__}")
+    return value
 
 
 def check_replaceable(output: str | Path, inputs: Iterable = (), overwrite: bool = True) -> None:

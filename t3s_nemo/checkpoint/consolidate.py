@@ -30,7 +30,10 @@ def config_for(marker: dict) -> Config:
     from t3s_nemo.model.qwen3 import OVERRIDABLE, PRESETS, resolve_shape
 
     cfg = Config()
-    shape = marker["shape"]
+    shape = marker.get("shape")
+    if not isinstance(shape, dict):
+        raise T3SError(f"checkpoint marker (t3s.json) of {marker.get('source') or 'the checkpoint'} has no model "
+                       "'shape': damaged, or written by something else than t3s")
     if shape.get("num_experts", 0):
         # MoE: the routing settings are not overridable keys; they come from the preset, checked below
         cfg.model.preset = marker.get("preset", "")

@@ -40,7 +40,10 @@ def read_marker(path: str | Path) -> dict:
         elif path.name in ("snapshots", "checkpoints"):
             hint = f"; pass one of its step directories ({path}/...)"
         raise T3SError(f"{path}: not a t3s checkpoint (no {MARKER}){hint}")
-    return read_json(path / MARKER, "checkpoint marker")
+    marker = read_json(path / MARKER, "checkpoint marker", expect=dict)
+    if "shape" in marker and not isinstance(marker["shape"], dict):
+        raise T3SError(f"{path / MARKER}: field 'shape' must be an object, got {type(marker['shape']).__name__}")
+    return marker
 
 
 def model_sharded_state_dict(chunks) -> dict:

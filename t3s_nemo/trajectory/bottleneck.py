@@ -274,9 +274,9 @@ def load_result(path: Path, key: dict) -> Optional[dict]:
         return None
     try:
         r = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable or cut short: sampled again
         return None
-    if any(r.get(k) != key[k] for k in ("generation", "ids", "scoring")):
+    if not isinstance(r, dict) or any(r.get(k) != key[k] for k in ("generation", "ids", "scoring")):
         return None
     if r.get("backend") == "megatron" and r.get("megatron_sampler", 1) != MEGATRON_SAMPLER:
         return None

@@ -117,10 +117,10 @@ def evaluate(model: Path, benchmarks: Sequence[Path], out: Path, gen, tokenizer:
         raise T3SError(f"{model}: neither a complete t3s checkpoint nor a Hugging Face model directory")
     model_id = str(model.resolve())
     _check_same_model(out, benches, model_id)
+    objective = W.read_marker(model).get("objective", "ar") if W.is_complete(model) else "ar"
     out.mkdir(parents=True, exist_ok=True)
     _clear_killed_work(out)
 
-    objective = W.read_marker(model).get("objective", "ar") if W.is_complete(model) else "ar"
     settings = {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
                 "max_new_tokens": gen.max_new_tokens, "seed": gen.seed,
                 "backend": resolve_backend(gen.backend, objective, gen.tp, checkpoint=W.is_complete(model))}
@@ -215,7 +215,7 @@ def _load_done(path: Path, settings: dict) -> dict[str, dict]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by an interruption is sampled again
-            if rec.get("settings") == settings:
+            if isinstance(rec, dict) and "id" in rec and rec.get("settings") == settings:
                 done[rec["id"]] = rec
     return done
 

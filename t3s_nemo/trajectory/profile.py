@@ -17,17 +17,23 @@ from t3s_nemo.io import read_json
 
 def run_checkpoints(run_dir: Path, base: str = "", bottleneck: str = "") -> tuple[Path, Path]:
     """(theta_0, theta_b): the given checkpoints, else the run's step-0 snapshot and its bottleneck snapshot."""
-    hint = "set profile.selector_base" if base or bottleneck else "pass them explicitly"
     theta_0 = Path(base) if base else run_dir / "snapshots" / "step_0"
     if bottleneck:
         theta_b = Path(bottleneck)
     else:
-        info = read_json(run_dir / "bottleneck.json", "bottleneck result (run `t3s bottleneck` first)")
+        info = read_json(run_dir / "bottleneck.json", "bottleneck result (run `t3s bottleneck` first)", expect=dict)
+        if not isinstance(info.get("bottleneck_dir"), str):
+            raise T3SError(f"{run_dir / 'bottleneck.json'}: no 'bottleneck_dir'; run `t3s bottleneck {run_dir}` again")
         theta_b = Path(info["bottleneck_dir"])
-    for p in (theta_0, theta_b):
-        if not W.is_complete(p):
-            raise T3SError(f"{p}: not a complete checkpoint (theta_0 needs checkpoint.snapshot_step0=true "
-                           f"in the trajectory run, or {hint})")
+    for p, given, what in ((theta_0, base, "theta_0"), (theta_b, bottleneck, "theta_b")):
+        if W.is_complete(p):
+            continue
+        if given:
+            raise T3SError(f"{p}: not a complete t3s checkpoint (no {W.MARKER}); {what} must be a snapshot or "
+                           "checkpoint directory")
+        need = "checkpoint.snapshot_step0=true in the trajectory run" if what == "theta_0" else "its snapshot"
+        raise T3SError(f"{p}: not a complete checkpoint ({what} of the run needs {need}); or name {what}: "
+                       "--base/--bottleneck for `t3s rrt`, profile.selector_base/selector_bottleneck for `t3s profile`")
     return theta_0, theta_b
 
 
