@@ -322,12 +322,12 @@ def mask(
     and DIR/masks/<channel>.json, .html (examples with anchors highlighted) and .png; train with
     `t3s train CONFIG mask.channel=<channel>`.
     """
-    from t3s_nemo.config import load_config, locate_run_data
+    from t3s_nemo.config import load_config, locate_run_data, run_data
     from t3s_nemo.data.packed import PackedDataset
     from t3s_nemo.trajectory.mask_build import build_mask, channel_name, check_rule
 
     check_rule(rule)  # before the dataset is looked for
-    data = (locate_run_data(load_config(run / "config.yaml"), run).data.path if (run / "config.yaml").is_file()
+    data = (run_data(locate_run_data(load_config(run / "config.yaml"), run), run) if (run / "config.yaml").is_file()
             else run)
     ds = PackedDataset(data)
     before = ds.channels.get(channel_name(rule, name))

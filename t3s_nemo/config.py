@@ -474,6 +474,23 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def pipeline_hint(run_dir: str | Path) -> str:
+    """'; DIR is a `t3s pipeline` directory: ...' when a stage was pointed at a pipeline's root instead of
+    its trajectory run (DIR/sft), else ''."""
+    run_dir = Path(run_dir)
+    if (run_dir / "sft" / "config.yaml").is_file() and not (run_dir / "snapshots").is_dir():
+        return f"; {run_dir} is a `t3s pipeline` directory: its trajectory run is {run_dir / 'sft'}"
+    return ""
+
+
+def run_data(cfg: Config, run_dir: str | Path) -> str:
+    """The packed dataset of a run (data.path of its config.yaml); an empty one is an error."""
+    if not cfg.data.path:
+        raise T3SError(f"{Path(run_dir) / 'config.yaml'}: data.path is empty"
+                       + (pipeline_hint(run_dir) or "; pass data.path=DIR (the packed training data)"))
+    return cfg.data.path
+
+
 def locate_run_data(cfg: Config, run_dir: str | Path) -> Config:
     """A run's config with its data.path found from any working directory, and after the run moved.
 

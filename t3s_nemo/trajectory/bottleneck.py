@@ -413,10 +413,14 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
     force = b.force if force is None else force
     backend = resolve_backend(g.backend, cfg.model.objective, g.tp)
 
+    from t3s_nemo.config import pipeline_hint, run_data
+
     snapshots = step_dirs(run_dir / "snapshots")
     if not snapshots:
-        raise T3SError(f"{run_dir}/snapshots: no complete snapshots; they are taken while a run trains: "
-                       "train one into a new run_dir with checkpoint.snapshot_interval=1")
+        raise T3SError(f"{run_dir}/snapshots: no complete snapshots"
+                       + (pipeline_hint(run_dir) or "; they are taken while a run trains: train one into a new "
+                          "run_dir with checkpoint.snapshot_interval=1"))
+    run_data(cfg, run_dir)
     chosen = select_snapshots(snapshots, b.every, b.start, b.end)
     if len(chosen) < 2:
         raise T3SError(
@@ -424,8 +428,6 @@ def run_bottleneck(run_dir: Path, cfg_overrides: Sequence[str] = (), force: Opti
             "the bottleneck search needs theta_0 and at least one later snapshot"
         )
 
-    if not cfg.data.path:
-        raise T3SError(f"{run_dir}/config.yaml: data.path is empty; pass data.path=DIR (the packed training data)")
     data_dir = Path(resolve_path(cfg.data.path))
     if not data_dir.is_dir():
         raise T3SError(f"data.path {data_dir}: packed dataset not found (moved? pass data.path=DIR)")

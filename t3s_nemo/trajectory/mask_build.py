@@ -25,6 +25,8 @@ from t3s_nemo.io import atomic_write_json
 from t3s_nemo.trajectory.masks import anchor_mask, dllm_targets, reverse_mask
 
 RULES = ("ar", "reverse", "static-confidence", "static-confidence-low", "random", "dllm")
+# channels a mask must never replace: what every dataset holds and what the masks are made from
+PROTECTED = ("tokens", "loss_mask", "delta", "logp0", "logpb")
 
 
 def _response(ds: PackedDataset, name: str) -> list[np.ndarray]:
@@ -62,6 +64,13 @@ def build_mask(ds: PackedDataset, rule: str, name: Optional[str] = None, seed: i
     """Write the mask channel for `rule` and return its report (also saved as DIR/masks/<name>.json)."""
     check_rule(rule)
     name = channel_name(rule, name)
+    if not (np.isfinite(tau) and tau >= 0):
+        raise T3SError(f"--tau {tau}: must be a finite number >= 0 (dllm targets are tokens with delta < -tau)")
+    held = ds.channels.get(name)
+    if name in PROTECTED or (held is not None and held.get("dtype") != "uint8"):
+        raise T3SError(f"--name {name}: the dataset's {name} channel is not a mask ("
+                       f"{'an input of every mask' if name in PROTECTED else held.get('dtype')}); "
+                       "name the mask channel otherwise")
     delta = _response(ds, "delta")
     anchors = [anchor_mask(d) for d in delta]
     anchor_fraction = 1 - float(np.concatenate(anchors).mean()) if anchors else 0.0
@@ -78,13 +87,15 @@ def build_mask(ds: PackedDataset, rule: str, name: Optional[str] = None, seed: i
     else:
         rng = np.random.default_rng(seed)
         keep = _same_fraction([rng.random(len(d)) for d in delta], anchor_fraction)
-    ds.add_channel(name, {ds.ids[i]: keep[i] for i in range(ds.num_examples)}, dtype="uint8", span="response",
-                   fill=0, overwrite=overwrite, info={"rule": rule, "seed": seed, "tau": tau})
-    report = _report(ds, rule, name, delta, keep, anchor_fraction, top_k)
+    report = _report(ds, rule, name, delta, keep, anchor_fraction, top_k)  # loads the tokenizer: before writing
     if rule == "dllm":
         report["target_fraction"] = report.pop("trained_tokens") / max(1, report["response_tokens"])
         report.pop("masked_fraction")
     masks_dir = Path(ds.path) / "masks"
+    if masks_dir.exists() and not masks_dir.is_dir():
+        raise T3SError(f"{masks_dir}: a file where the mask reports go; move it away")
+    ds.add_channel(name, {ds.ids[i]: keep[i] for i in range(ds.num_examples)}, dtype="uint8", span="response",
+                   fill=0, overwrite=overwrite, info={"rule": rule, "seed": seed, "tau": tau})
     atomic_write_json(masks_dir / f"{name}.json", report)
     from t3s_nemo.analysis.report import write_mask_report
 

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from t3s_nemo.checkpoint import weights as W
-from t3s_nemo.config import load_config, locate_run_data
+from t3s_nemo.config import load_config, locate_run_data, run_data
 from t3s_nemo.console import console
 from t3s_nemo.data.packed import PackedDataset, load_channel_file
 from t3s_nemo.errors import T3SError
@@ -17,6 +17,11 @@ from t3s_nemo.io import read_json
 
 def run_checkpoints(run_dir: Path, base: str = "", bottleneck: str = "") -> tuple[Path, Path]:
     """(theta_0, theta_b): the given checkpoints, else the run's step-0 snapshot and its bottleneck snapshot."""
+    from t3s_nemo.config import pipeline_hint
+
+    hint = pipeline_hint(run_dir)
+    if hint and not (base and bottleneck):
+        raise T3SError(f"{run_dir}: not a trajectory run{hint}")
     theta_0 = Path(base) if base else run_dir / "snapshots" / "step_0"
     if bottleneck:
         theta_b = Path(bottleneck)
@@ -105,6 +110,7 @@ def profile_run(run_dir: Path, nproc: int = 1, overrides: Optional[list[str]] = 
         raise T3SError(f"{run_dir}: run directory not found")
     cfg = load_profile_config(run_dir, overrides)
     base, bottleneck = selectors(run_dir, cfg)
+    run_data(cfg, run_dir)
     out = run_dir / "profile"
     layout, note = run_layout(cfg, nproc, tp, pp)
     if note:

@@ -80,3 +80,65 @@ def test_result_caches_sample_damaged_records_again(tmp_path):
     good = {"id": "q1", "settings": settings, "correct": [True]}
     (tmp_path / "bench.jsonl").write_text("\n".join(["[]", '{"settings": {"n": 1}}', json.dumps(good), "{cut"]))
     assert _load_done(tmp_path / "bench.jsonl", settings) == {"q1": good}
+
+
+@pytest.fixture
+def profiled(packed_copy):
+    """The demo dataset with a (random) delta channel, as `t3s profile` leaves it."""
+    import numpy as np
+
+    from t3s_nemo.data.packed import PackedDataset
+
+    ds = PackedDataset(packed_copy)
+    rng = np.random.default_rng(0)
+    delta = {eid: rng.normal(size=len(ds.read_example(i)) - int(ds.prompt_lengths[i])).astype(np.float32)
+             for i, eid in enumerate(ds.ids)}
+    ds.add_channel("delta", delta, "float32", span="response", fill=0.0)
+    return packed_copy
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "delta"}, "--name delta: the dataset's delta channel is not a mask (an input of every mask)"),
+    ({"name": "loss_mask"}, "--name loss_mask: the dataset's loss_mask channel is not a mask"),
+    ({"rule": "dllm", "tau": float("nan")}, "--tau nan: must be a finite number >= 0"),
+    ({"rule": "dllm", "tau": -1.0}, "--tau -1.0: must be a finite number >= 0"),
+])
+def test_mask_refuses_before_writing_anything(profiled, kwargs, message):
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.trajectory.mask_build import build_mask
+
+    before = {p.name: p.read_bytes() for p in profiled.iterdir() if p.is_file()}
+    with pytest.raises(T3SError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_mask(PackedDataset(profiled), kwargs.pop("rule", "ar"), **kwargs)
+    assert {p.name: p.read_bytes() for p in profiled.iterdir() if p.is_file()} == before
+
+
+def test_mask_whose_reports_cannot_be_written_leaves_the_dataset_as_it_was(profiled):
+    from t3s_nemo.data.packed import PackedDataset
+    from t3s_nemo.trajectory.mask_build import build_mask
+
+    (profiled / "masks").write_text("in the way")
+    with pytest.raises(T3SError, match="masks: a file where the mask reports go"):
+        build_mask(PackedDataset(profiled), "ar")
+    assert "t3s_mask" not in PackedDataset(profiled).channels and not (profiled / "t3s_mask.bin").exists()
+
+
+def test_stages_pointed_at_a_pipeline_directory_name_its_trajectory_run(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from t3s_nemo.config import load_config, run_data
+    from t3s_nemo.trajectory.bottleneck import run_bottleneck
+    from t3s_nemo.trajectory.profile import run_checkpoints
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml"
+    root = tmp_path / "pipe"
+    (root / "sft").mkdir(parents=True)
+    shutil.copy(tiny, root / "config.yaml")
+    shutil.copy(tiny, root / "sft" / "config.yaml")
+    says = f"{root} is a `t3s pipeline` directory: its trajectory run is {root / 'sft'}"
+    for call in (lambda: run_checkpoints(root), lambda: run_bottleneck(root),
+                 lambda: run_data(load_config(root / "config.yaml"), root)):
+        with pytest.raises(T3SError) as e:
+            call()
+        assert str(e.value).endswith(says)
