@@ -499,13 +499,17 @@ def eval_compare(
 
     if out:
         E.check_plot_path(out)
-    loaded = {}
+    loaded, where = {}, {}
     for item in results:
-        label, _, path = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
+        item = str(item)
+        # LABEL=PATH, split at the first '='; a path that exists as given may hold '=' itself (lr=1e-5/)
+        label, _, path = ("", "", item) if "=" not in item or Path(item).exists() else item.partition("=")
         r = read_json(Path(path), "eval results")
-        if not isinstance(r, dict) or not isinstance(r.get("benchmarks"), dict) or "overall" not in r:
-            raise T3SError(f"{path}: not a `t3s eval` results.json (expected 'benchmarks' and 'overall')")
-        loaded[label or Path(path).parent.name] = r
+        E.check_results(r, path)
+        label = label or Path(path).parent.name
+        if label in loaded:
+            raise T3SError(f"{item}: label '{label}' is also {where[label]}'s; name them: LABEL=PATH")
+        loaded[label], where[label] = r, path
     _wide_console().print(E.table(loaded))
     if out:
         E.compare_plot(loaded, out)

@@ -239,6 +239,21 @@ def table(results: dict[str, dict]):
     return t
 
 
+def check_results(r, path) -> None:
+    """A `t3s eval` results.json as table and compare_plot read it, else one error naming the key."""
+    if not isinstance(r, dict) or not isinstance(r.get("benchmarks"), dict) or "overall" not in r:
+        raise T3SError(f"{path}: not a `t3s eval` results.json (expected 'benchmarks' and 'overall')")
+    entries = [("overall", r["overall"]), *((f"benchmarks.{b}", s) for b, s in r["benchmarks"].items())]
+    for key, s in entries:
+        if not isinstance(s, dict):
+            raise T3SError(f"{path}: '{key}' must be an object, got {type(s).__name__}")
+        if s.get("problems"):
+            bad = [k for k in ("avg@k", "pass@k", "mean_tokens")
+                   if isinstance(s.get(k), bool) or not isinstance(s.get(k), (int, float))]
+            if bad:
+                raise T3SError(f"{path}: '{key}.{bad[0]}' must be a number, got {s.get(bad[0])!r}")
+
+
 PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 

@@ -327,3 +327,32 @@ def test_pack_takes_the_bundled_demo_files_by_pkg_path(tmp_path, monkeypatch, ca
     out, err = capsys.readouterr()
     assert "packed 1 examples" in out + err, (out, err)
     assert PackedDataset(tmp_path / "ds").fingerprint == fingerprint(load_tokenizer(demo_tokenizer_dir))
+
+
+def test_eval_compare_labels_and_damaged_results(tmp_path, monkeypatch, capsys):
+    """Labels split at the first '=', paths may hold '=', two results never share a row, and a results
+    file with a wrong entry is named with the key."""
+    s = {"problems": 2, "avg@k": 0.5, "pass@k": 1.0, "mean_tokens": 10.0}
+    good = {"benchmarks": {"aime": s}, "overall": s}
+    for d in ("lr=1e-5", "a", "b/a"):
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+        (tmp_path / d / "results.json").write_text(json.dumps(good))
+    (tmp_path / "bad.json").write_text(json.dumps({"benchmarks": {"aime": {**s, "avg@k": "x"}}, "overall": s}))
+    (tmp_path / "bad2.json").write_text(json.dumps({"benchmarks": {}, "overall": 5}))
+    from t3s_nemo.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(sys, "argv", ["t3s", "eval", "compare", str(tmp_path / "lr=1e-5" / "results.json"),
+                                      f"mine={tmp_path / 'lr=1e-5' / 'results.json'}"])
+    main()
+    out = capsys.readouterr().out
+    assert "lr=1e-5" in out and "mine" in out and "50.00 (100.0) / 10" in out
+    for args, expected in (
+        ([tmp_path / "a" / "results.json", tmp_path / "b" / "a" / "results.json"],
+         f"{tmp_path / 'b' / 'a' / 'results.json'}: label 'a' is also {tmp_path / 'a' / 'results.json'}'s; "
+         "name them: LABEL=PATH"),
+        ([tmp_path / "bad.json"], f"{tmp_path / 'bad.json'}: 'benchmarks.aime.avg@k' must be a number, got 'x'"),
+        ([tmp_path / "bad2.json"], f"{tmp_path / 'bad2.json'}: 'overall' must be an object, got int"),
+    ):
+        code, _, err = run_main(monkeypatch, capsys, "eval", "compare", *args)
+        assert code == 1 and err.splitlines() == [f"error: {expected}"]
