@@ -246,6 +246,14 @@ POSITIVE: tuple[str, ...] = (
     "generation.batch_size", "generation.tp", "bottleneck.window", "bottleneck.every",
     "profile.micro_batch_size", "data.seq_length", "online.eval_every",
 )
+# shape overrides: null keeps the preset's value; a value set must be > 0 (num_experts=0 makes an MoE preset
+# dense, first_k_dense and the shared expert may be 0)
+POSITIVE_IF_SET: tuple[str, ...] = (
+    "model.num_layers", "model.hidden_size", "model.ffn_hidden_size", "model.num_attention_heads",
+    "model.num_query_groups", "model.head_dim", "model.rope_theta", "model.norm_eps",
+    "model.max_position_embeddings", "model.rotary_percent", "model.moe_ffn_hidden_size", "model.moe_topk",
+)
+NON_NEGATIVE_IF_SET: tuple[str, ...] = ("model.num_experts", "model.moe_shared_expert_size", "model.first_k_dense")
 NON_NEGATIVE: tuple[str, ...] = (
     "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.clip_grad",
     "checkpoint.save_interval", "checkpoint.snapshot_interval", "generation.temperature",
@@ -391,6 +399,15 @@ def validate(cfg: Config) -> None:
     for key in NON_NEGATIVE:
         if get(cfg, key) < 0:
             raise T3SError(f"config key '{key}': must be >= 0, got {get(cfg, key)}")
+    for key in POSITIVE_IF_SET:
+        if get(cfg, key) is not None and not get(cfg, key) > 0:  # `not > 0`: NaN too
+            raise T3SError(f"config key '{key}': must be > 0 (or null for the preset's), got {get(cfg, key)}")
+    for key in NON_NEGATIVE_IF_SET:
+        if get(cfg, key) is not None and get(cfg, key) < 0:
+            raise T3SError(f"config key '{key}': must be >= 0 (or null for the preset's), got {get(cfg, key)}")
+    if cfg.model.rotary_percent is not None and cfg.model.rotary_percent > 1:
+        raise T3SError(f"config key 'model.rotary_percent': the fraction of each head RoPE rotates, in (0, 1]; "
+                       f"got {cfg.model.rotary_percent}")
     t = cfg.train
     if t.global_batch_size % t.micro_batch_size:
         raise T3SError(

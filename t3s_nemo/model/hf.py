@@ -91,8 +91,19 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], shape: Shape) -> dict[str, torch
 
 
 def shape_from_hf_config(cfg: dict, where: Path) -> Shape:
+    if not isinstance(cfg, dict):
+        raise T3SError(f"{where}/config.json: expected a JSON object, got {type(cfg).__name__}")
     if cfg.get("model_type") not in ("qwen3",):
         raise T3SError(f"{where}/config.json: model_type '{cfg.get('model_type')}' is not supported (qwen3)")
+    for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "max_position_embeddings"):
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise T3SError(f"{where}/config.json: field '{key}' must be a positive integer, got {v!r}")
+    for key in ("rope_theta", "rms_norm_eps"):
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise T3SError(f"{where}/config.json: field '{key}' must be a positive number, got {v!r}")
     try:
         return Shape(
             num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],

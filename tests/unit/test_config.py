@@ -7,7 +7,9 @@ import pytest
 from t3s_nemo.config import (
     CHOICES,
     NON_NEGATIVE,
+    NON_NEGATIVE_IF_SET,
     POSITIVE,
+    POSITIVE_IF_SET,
     Config,
     check_parallel,
     get,
@@ -169,6 +171,23 @@ def test_choices_are_enforced(key):
 @pytest.mark.parametrize("key", POSITIVE)
 def test_positive_keys_reject_zero(key):
     assert error(None, [f"{key}=0"]) == f"config key '{key}': must be > 0, got 0"
+
+
+@pytest.mark.parametrize("key", POSITIVE_IF_SET)
+def test_shape_overrides_reject_zero_and_keep_null(key):
+    assert error(None, [f"{key}=0"]).startswith(f"config key '{key}': must be > 0 (or null for the preset's), got 0")
+    assert get(load_config(None, [f"{key}=null"]), key) is None
+
+
+@pytest.mark.parametrize("key", NON_NEGATIVE_IF_SET)
+def test_zero_able_shape_overrides_reject_negatives(key):
+    assert error(None, [f"{key}=-1"]) == f"config key '{key}': must be >= 0 (or null for the preset's), got -1"
+    assert get(load_config(None, [f"{key}=0"]), key) == 0
+
+
+def test_rotary_percent_is_a_fraction():
+    assert error(None, ["model.rotary_percent=1.5"]).startswith("config key 'model.rotary_percent': the fraction")
+    assert load_config(None, ["model.rotary_percent=0.5"]).model.rotary_percent == 0.5
 
 
 @pytest.mark.parametrize("key", NON_NEGATIVE)

@@ -142,3 +142,16 @@ def test_stages_pointed_at_a_pipeline_directory_name_its_trajectory_run(tmp_path
         with pytest.raises(T3SError) as e:
             call()
         assert str(e.value).endswith(says)
+
+
+@pytest.mark.parametrize("config, message", [
+    ([1, 2], "config.json: expected a JSON object, got list"),
+    ({"model_type": "qwen3", "num_attention_heads": 0}, "field 'num_attention_heads' must be a positive integer, got 0"),
+    ({"model_type": "qwen3", "num_hidden_layers": "2"}, "field 'num_hidden_layers' must be a positive integer, got '2'"),
+    ({"model_type": "qwen3", "rope_theta": "abc"}, "field 'rope_theta' must be a positive number, got 'abc'"),
+])
+def test_a_hugging_face_config_of_the_wrong_shape_is_named(tmp_path, config, message):
+    from t3s_nemo.model.hf import shape_from_hf_config
+
+    with pytest.raises(T3SError, match=message):
+        shape_from_hf_config(config, tmp_path)
