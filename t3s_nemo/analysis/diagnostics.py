@@ -17,10 +17,9 @@ def _run_data(run: Path) -> Path:
     from t3s_nemo.config import resolve_path
     from t3s_nemo.trajectory.bottleneck import load_run_config
 
-    cfg = load_run_config(run)
-    if not cfg.data.path:
-        raise T3SError(f"{run}/config.yaml: data.path is empty")
-    return Path(resolve_path(cfg.data.path))
+    from t3s_nemo.config import run_data
+
+    return Path(resolve_path(run_data(load_run_config(run), run)))
 
 
 def _snapshots(run: Path) -> list[tuple[int, Path]]:
@@ -30,7 +29,10 @@ def _snapshots(run: Path) -> list[tuple[int, Path]]:
         raise T3SError(f"{run}: run directory not found")
     snaps = step_dirs(run / "snapshots")
     if not snaps:
-        raise T3SError(f"{run}/snapshots: no complete snapshots (a trajectory run with checkpoint.snapshot_interval)")
+        from t3s_nemo.config import pipeline_hint
+
+        raise T3SError(f"{run}/snapshots: no complete snapshots"
+                       + (pipeline_hint(run) or " (a trajectory run with checkpoint.snapshot_interval)"))
     return snaps
 
 
@@ -44,9 +46,10 @@ def analyze_gradients(run: Path, every: int = 1, num_bins: int = 16, tp: int = 1
         raise T3SError("--every: must be >= 1")
     snaps = _snapshots(run)
     chosen = [(s, p) for i, (s, p) in enumerate(snaps) if i % every == 0 or i == len(snaps) - 1]
+    data = _run_data(run)  # before anything is written
     out = Path(out) if out else run / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    args = ["gradients", "--data", str(_run_data(run)), "--out", str(out / "gradients.json"),
+    args = ["gradients", "--data", str(data), "--out", str(out / "gradients.json"),
             "--num-bins", str(num_bins), f"parallel.tp={tp}"]
     for step, path in chosen:
         args += ["--checkpoint", str(path), "--step", str(step)]
@@ -71,7 +74,7 @@ def analyze_transfer(run: Path, checkpoint: Optional[str] = None, lr: Optional[f
     if checkpoint is None:
         step = min(snaps)
         path = snaps[step]
-    elif checkpoint.isdigit() or checkpoint.startswith("step_"):
+    elif checkpoint.removeprefix("step_").isdigit():
         step = int(checkpoint.removeprefix("step_"))
         if step not in snaps:
             raise T3SError(f"--checkpoint {checkpoint}: {run}/snapshots has no step_{step} "
@@ -79,11 +82,17 @@ def analyze_transfer(run: Path, checkpoint: Optional[str] = None, lr: Optional[f
         path = snaps[step]
     else:
         step, path = None, Path(checkpoint)
+        from t3s_nemo.checkpoint import weights as W
+
+        if not W.is_complete(path):
+            raise T3SError(f"--checkpoint {checkpoint}: expected a step (N or step_N of {run}/snapshots) or a "
+                           "checkpoint directory")
     lr = load_run_config(run).train.lr if lr is None else lr
+    data = _run_data(run)  # before anything is written
     out = Path(out) if out else run / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     launch_recipe("t3s_nemo.recipes.analyze", [
-        "transfer", "--data", str(_run_data(run)), "--checkpoint", str(path), "--out", str(out / "transfer.json"),
+        "transfer", "--data", str(data), "--checkpoint", str(path), "--out", str(out / "transfer.json"),
         "--lr", repr(lr), "--groups", str(groups), "--num-bins", str(num_bins), f"parallel.tp={tp}"], nproc)
     result = read_json(out / "transfer.json", "transfer analysis")
     plot_transfer(result, out / "transfer.png", step)

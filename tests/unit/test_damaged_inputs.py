@@ -155,3 +155,21 @@ def test_a_hugging_face_config_of_the_wrong_shape_is_named(tmp_path, config, mes
 
     with pytest.raises(T3SError, match=message):
         shape_from_hf_config(config, tmp_path)
+
+
+def test_analyze_names_a_bad_checkpoint_and_writes_nothing_before_its_checks(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from t3s_nemo.analysis.diagnostics import analyze_gradients, analyze_transfer
+
+    run = tmp_path / "run"
+    snapshot(run / "snapshots" / "step_0")
+    shutil.copy(Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml", run / "config.yaml")
+    for bad in ("step_abc", "step_", "latest"):
+        with pytest.raises(T3SError, match=f"--checkpoint {bad}: expected a step"):
+            analyze_transfer(run, checkpoint=bad)
+    for call in (lambda: analyze_transfer(run), lambda: analyze_gradients(run)):
+        with pytest.raises(T3SError, match="config.yaml: data.path is empty"):
+            call()
+    assert not (run / "analysis").exists()
