@@ -194,8 +194,10 @@ class PackedDataset:
             raise T3SError(f"span '{span}': expected auto, full or response")
         if name in self.channels and not overwrite:
             raise T3SError(f"{self.path}: channel '{name}' exists (pass --overwrite to replace it)")
-        if not np.isfinite(fill) or (dtype == "uint8" and (fill != int(fill) or not 0 <= fill <= 255)):
-            need = "an integer in 0..255" if dtype == "uint8" else "a finite number"
+        with np.errstate(over="ignore"):
+            fits = np.isfinite(np.float32(fill)) if np.isfinite(fill) else False
+        if not fits or (dtype == "uint8" and (fill != int(fill) or not 0 <= fill <= 255)):
+            need = "an integer in 0..255" if dtype == "uint8" else "a finite float32 number"
             raise T3SError(f"--fill {fill}: a {dtype} channel needs {need}")
         known = set(self.ids)
         unknown = [k for k in values if k not in known]
@@ -277,10 +279,17 @@ def load_channel_file(path: str | Path) -> dict[str, np.ndarray]:
     suffix = path.suffix.lower()
     if suffix == ".npz":
         try:
-            with np.load(path, allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+        except Exception as e:  # numpy raises ValueError, OSError, EOFError, BadZipFile, ... by what is wrong
+            raise T3SError(f"{path}: cannot read .npz: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise T3SError(f"{path}: a single .npy array, not an .npz archive of one array per example id "
+                           "(np.savez(path, **{id: values}))")
+        try:
+            with z:
                 return {k: z[k] for k in z.files}
-        except (ValueError, OSError) as e:
-            raise T3SError(f"{path}: cannot read .npz: {e}") from None
+        except Exception as e:  # a member cut short
+            raise T3SError(f"{path}: cannot read .npz: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -217,7 +217,9 @@ BAD = {
         lambda v, e: None, {"dtype": "uint8", "span": "response", "fill": -1},
         r"^--fill -1: a uint8 channel needs an integer in 0\.\.255$",
     ),
-    "nan_fill": (lambda v, e: None, {"fill": float("nan")}, r"^--fill nan: a float32 channel needs a finite number$"),
+    "nan_fill": (lambda v, e: None, {"fill": float("nan")}, r"^--fill nan: a float32 channel needs a finite float32 number$"),
+    # 1e40 is a finite float64 but infinite as float32: it would fill every prompt position with inf
+    "overflowing_fill": (lambda v, e: None, {"fill": 1e40}, r"^--fill 1e\+40: a float32 channel needs a finite float32 number$"),
     "reserved_name": (lambda v, e: None, {"name": "loss_mask"}, r"^channel name 'loss_mask' is reserved$"),
     "bad_name": (lambda v, e: None, {"name": "Delta-1"}, r"^channel name 'Delta-1': use lowercase letters"),
     "exists": (lambda v, e: None, {"name": "delta"}, r"channel 'delta' exists \(pass --overwrite to replace it\)$"),
@@ -266,15 +268,26 @@ def test_load_channel_file_formats_agree(tmp_path):
         ("v.jsonl", "", r"v\.jsonl: no examples \(empty file\)$"),
         ("v.csv", "id,values\n", r"v\.csv: unsupported channel file type '\.csv' \(expected \.npz, \.parquet or \.jsonl\)$"),
         ("v.npz", "not a zip", r"v\.npz: cannot read \.npz"),
+        ("v.npz", "", r"v\.npz: cannot read \.npz"),  # numpy raises EOFError, which click took for ^D
+        ("v.npz", b"PK\x03\x04cut", r"v\.npz: cannot read \.npz"),  # a truncated zip: BadZipFile
         ("missing.npz", None, r"missing\.npz: channel values file not found$"),
     ],
 )
 def test_bad_channel_files(tmp_path, name, content, message):
     path = tmp_path / name
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(T3SError, match=message):
         load_channel_file(path)
+
+
+def test_a_npy_array_named_npz_says_what_an_npz_holds(tmp_path):
+    with open(tmp_path / "v.npz", "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(T3SError, match=r"v\.npz: a single \.npy array, not an \.npz archive of one array per example id"):
+        load_channel_file(tmp_path / "v.npz")
 
 
 def test_parquet_needs_id_and_values_columns(tmp_path):
