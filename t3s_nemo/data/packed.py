@@ -48,7 +48,7 @@ class PackedDataset:
                 hint = ("; this is raw examples: pack them with `t3s data pack`, or give them as data.input "
                         "(with data.tokenizer) and a run packs them into run_dir/data")
             raise T3SError(f"{self.path}: packed dataset directory not found{hint}")
-        self.meta = read_json(self.path / "meta.json", "packed dataset meta.json")
+        self.meta = read_json(self.path / "meta.json", "packed dataset meta.json", expect=dict)
         if self.meta.get("format") != FORMAT:
             raise T3SError(f"{self.path}/meta.json: not a t3s packed dataset (format={self.meta.get('format')!r})")
         if self.meta.get("format_version") != FORMAT_VERSION:
@@ -56,6 +56,7 @@ class PackedDataset:
                 f"{self.path}/meta.json: format_version {self.meta.get('format_version')} is not supported "
                 f"(this t3s-nemo reads {FORMAT_VERSION})"
             )
+        self._check_meta()
         self._open: dict[str, object] = {}
         tokens = self._dataset("tokens")
         self.sequence_lengths = np.asarray(tokens.sequence_lengths)
@@ -68,6 +69,34 @@ class PackedDataset:
         for name in self.channels:
             self._check_aligned(name)
         self._id_index: Optional[dict[str, int]] = None
+
+    def _check_meta(self) -> None:
+        """The fields every reader relies on, with the types they are read as: one error naming the field
+        (a hand-edited or damaged meta.json otherwise fails later with a KeyError or an IndexError)."""
+        where, m = f"{self.path}/meta.json", self.meta
+
+        def need(ok: bool, field: str, expected: str) -> None:
+            if not ok:
+                raise T3SError(f"{where}: field '{field}' must be {expected}")
+
+        for key, kind in (("seq_length", int), ("examples", dict), ("channels", dict), ("tokenizer", dict)):
+            need(isinstance(m.get(key), kind) and not isinstance(m.get(key), bool),
+                 key, {int: "an integer", dict: "an object"}[kind])
+        tok = m["tokenizer"]
+        for key in ("vocab_size", "eos_id", "pad_id"):
+            need(isinstance(tok.get(key), int), f"tokenizer.{key}", "an integer")
+        need(isinstance(tok.get("fingerprint"), str), "tokenizer.fingerprint", "a string")
+        ex = m["examples"]
+        need(isinstance(ex.get("id"), list), "examples.id", "a list")
+        n = len(ex["id"])
+        for key in ("answer", "prompt_length"):
+            need(isinstance(ex.get(key), list) and len(ex[key]) == n, f"examples.{key}",
+                 f"a list as long as examples.id ({n})")
+        need(all(isinstance(x, int) and x >= 0 for x in ex["prompt_length"]), "examples.prompt_length",
+             "a list of token counts")
+        for name, info in m["channels"].items():
+            need(isinstance(info, dict) and info.get("dtype") in DTYPES, f"channels.{name}.dtype",
+                 f"one of {', '.join(DTYPES)}")
 
     # ---- metadata --------------------------------------------------------------------------------
     @property

@@ -173,3 +173,21 @@ def test_analyze_names_a_bad_checkpoint_and_writes_nothing_before_its_checks(tmp
         with pytest.raises(T3SError, match="config.yaml: data.path is empty"):
             call()
     assert not (run / "analysis").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: [], "packed dataset meta.json must be a JSON object, got list"),
+    (lambda m: {k: v for k, v in m.items() if k != "examples"}, "field 'examples' must be an object"),
+    (lambda m: {**m, "channels": {**m["channels"], "loss_mask": {"dtype": "float16"}}},
+     "field 'channels.loss_mask.dtype' must be one of int32, uint8, float32"),
+    (lambda m: {**m, "examples": {**m["examples"], "prompt_length": m["examples"]["prompt_length"][:-5]}},
+     "field 'examples.prompt_length' must be a list as long as examples.id"),
+    (lambda m: {**m, "tokenizer": {**m["tokenizer"], "eos_id": None}}, "field 'tokenizer.eos_id' must be an integer"),
+])
+def test_a_damaged_meta_json_names_the_field(packed_copy, damage, message):
+    from t3s_nemo.data.packed import PackedDataset
+
+    meta = json.loads((packed_copy / "meta.json").read_text())
+    (packed_copy / "meta.json").write_text(json.dumps(damage(meta)))
+    with pytest.raises(T3SError, match=message):
+        PackedDataset(packed_copy)
