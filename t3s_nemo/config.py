@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from t3s_nemo.errors import T3SError
-from t3s_nemo.io import atomic_write_text
+from t3s_nemo.io import atomic_write_text, read_text
 
 
 @dataclass
@@ -309,14 +309,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise T3SError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise T3SError(f"{path}: is a directory; give a config file (e.g. {path}/sft.yaml)") from None
-    except UnicodeDecodeError as e:
-        raise T3SError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    text = read_text(path, "config file", f"give a config file (e.g. {path}/sft.yaml)")
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as e:

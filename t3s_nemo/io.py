@@ -51,20 +51,29 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
 
 
+def read_text(path: str | Path, what: str, directory_hint: str = "") -> str:
+    """A UTF-8 text file's content; one T3SError naming the file when it is missing, a directory (with
+    directory_hint, e.g. which file to give instead), not UTF-8 or unreadable."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise T3SError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise T3SError(f"{path}: is a directory; {directory_hint or f'expected the {what}'}") from None
+    except UnicodeDecodeError as e:
+        raise T3SError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected the {what}") from None
+    except OSError as e:
+        raise T3SError(f"{path}: cannot read the {what}: {e.strerror}") from None
+
+
 def read_json(path: str | Path, what: str = "file", expect: Optional[type] = None) -> Any:
     """A JSON file's value; one T3SError naming the file for a missing, unreadable or malformed one
     (or, with expect=dict/list, one whose top level is another type)."""
     path = Path(path)
+    text = read_text(path, what, f"expected the {what} (a JSON file)")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise T3SError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise T3SError(f"{path}: is a directory; expected the {what} (a JSON file)") from None
-    except UnicodeDecodeError:
-        raise T3SError(f"{path}: not UTF-8 text; expected the {what} (a JSON file)") from None
-    except OSError as e:
-        raise T3SError(f"{path}: cannot read the {what}: {e.strerror}") from None
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise T3SError(f"{path}:{e.lineno}: invalid JSON in {what}: {e.msg}") from None
     if expect is not None and not isinstance(value, expect):

@@ -16,7 +16,7 @@ def test_read_json_names_the_file_whatever_is_wrong(tmp_path):
     (tmp_path / "bin.json").write_bytes(b"\xc9\x00\xff")
     (tmp_path / "list.json").write_text("[]")
     for path, message in ((tmp_path, f"{tmp_path}: is a directory; expected the results (a JSON file)"),
-                          (tmp_path / "bin.json", f"{tmp_path / 'bin.json'}: not UTF-8 text; expected the results"),
+                          (tmp_path / "bin.json", f"{tmp_path / 'bin.json'}: not UTF-8 text (invalid continuation byte at byte 0); expected the results"),
                           (tmp_path / "list.json", f"{tmp_path / 'list.json'}: results must be a JSON object, got list")):
         with pytest.raises(T3SError) as e:
             read_json(path, "results", expect=dict)
