@@ -516,6 +516,37 @@ def eval_compare(
         console.print(f"wrote {out}")
 
 
+@app.command("config")
+def config_(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config (default: the built-in defaults).", show_default=False)] = None,
+    overrides: OverridesArg = None,
+    nproc_per_node: Annotated[Optional[int], typer.Option(help="Also check the parallel layout for this many processes (times --nnodes).", show_default=False)] = None,
+    nnodes: Annotated[int, typer.Option(help="Nodes, with --nproc-per-node.")] = 1,
+):
+    """Print the resolved config: every key with its value and what it means, after the overrides.
+
+    What a run started with the same arguments uses (its run_dir/config.yaml holds the same values).
+    The config is checked as a run checks it: unknown keys, types, choices and ranges; with
+    --nproc-per-node, also the parallel layout against the world size, before you queue a job.
+
+    t3s config configs/qwen3_32b/sft.yaml train.lr=1e-5 --nproc-per-node 8 --nnodes 2
+    """
+    from t3s_nemo.config import annotated_yaml, check_parallel, load_config
+
+    overrides = list(overrides or [])
+    if config is not None and "=" in str(config) and not config.exists():  # `t3s config train.lr=1e-5`
+        config, overrides = None, [str(config), *overrides]
+    cfg = load_config(config, overrides)
+    layout = ""
+    if nproc_per_node is not None:
+        if nproc_per_node < 1 or nnodes < 1:
+            raise T3SError("--nproc-per-node and --nnodes: must be >= 1")
+        dp = check_parallel(cfg, nproc_per_node * nnodes)
+        layout = (f"# layout: {nproc_per_node * nnodes} processes = tp {cfg.parallel.tp} x pp {cfg.parallel.pp} "
+                  f"x cp {cfg.parallel.cp} x dp {dp}\n")
+    typer.echo(annotated_yaml(cfg) + layout, nl=False)
+
+
 @app.command("plan")
 def plan(
     config: ConfigArg,

@@ -50,7 +50,7 @@ class ModelConfig:
     preset: str = "tiny"
     init: str = ""  # "" = random init; a t3s checkpoint/snapshot dir; or a Hugging Face model dir
     spec: str = "auto"  # auto (te when Transformer Engine imports, else sdpa) | te | sdpa | local
-    objective: str = "ar"  # ar (next-token) | dllm (masked diffusion, issue 7)
+    objective: str = "ar"  # ar (next-token) | dllm (masked diffusion, docs/dllm.md)
     recompute: str = "none"  # none | selective | full activation recomputation
     # dllm only: the mask token (null = the tokenizer's mask token, else len(tokenizer), an extra id;
     # the chosen id is written back to config.yaml) and the lowest noise level t ~ U(noise_eps, 1)
@@ -352,6 +352,11 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         key, value = _parse_override(item)
         # before the update: OmegaConf's own unknown-key errors differ by depth and suggest no full key
         _check_key_exists(key, item)
+        raw = item.partition("=")[2]
+        if isinstance(get(Config(), key), str) and raw.strip()[:1] not in ("'", '"'):
+            # a string key takes the text as typed: YAML would read 'Think: step by step' as a mapping
+            # and drop ' #1' as a comment (quote it for YAML's reading, e.g. data.path='')
+            value = raw.strip()
         try:
             OmegaConf.update(cfg, key, value, merge=False, force_add=False)
         except OmegaConfBaseException as e:
@@ -482,6 +487,65 @@ def check_model_layout(cfg: Config):
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def key_comments() -> dict[str, str]:
+    """The comment of every config key, read from this file's dataclasses: the one on the field's line,
+    else the comment lines right above it ({"train.lr_decay": "cosine | linear | constant", ...}).
+    Written here rather than kept as a second copy in the docs, which would drift from the code."""
+    import ast
+    import inspect
+    import io
+    import tokenize
+
+    source = inspect.getsource(inspect.getmodule(Config))
+    lines = source.splitlines()
+    comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                if t.type == tokenize.COMMENT}
+    own: dict[str, dict[str, str]] = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        fields = own.setdefault(node.name, {})
+        for item in node.body:
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                text = comments.get(item.lineno)
+                above, k = [], item.lineno - 1
+                while k in comments and lines[k - 1].strip().startswith("#"):
+                    above.insert(0, comments[k])
+                    k -= 1
+                fields[item.target.id] = text or " ".join(above)
+    out = {}
+    for f in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            cls = f.default_factory
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            out[f.name] = doc
+            for name, text in own.get(cls.__name__, {}).items():
+                out[f"{f.name}.{name}"] = text
+        else:
+            out[f.name] = own["Config"].get(f.name, "")
+    return out
+
+
+def annotated_yaml(cfg: Config) -> str:
+    """The whole config as YAML, each key with its comment: what `t3s config` prints."""
+    notes = key_comments()
+    plain = yaml.safe_load(to_yaml(cfg))
+    out = []
+
+    def scalar(v: Any) -> str:
+        return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+    for key, value in plain.items():
+        if isinstance(value, dict):
+            out.append(f"{key}:" + (f"  # {notes[key]}" if notes.get(key) else ""))
+            for sub, v in value.items():
+                note = notes.get(f"{key}.{sub}", "")
+                out.append(f"  {sub}: {scalar(v)}" + (f"  # {note}" if note else ""))
+        else:
+            out.append(f"{key}: {scalar(value)}" + (f"  # {notes[key]}" if notes.get(key) else ""))
+    return "\n".join(out) + "\n"
 
 
 def pipeline_hint(run_dir: str | Path) -> str:
