@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         aux_scale = tmoe.AuxLossScale()
         bundle.tconfig.moe_grad_scale_func = aux_scale
         n_moe_layers = sum(bundle.shape.is_moe_layer(i) for i in range(bundle.shape.num_layers))
+    # from here a signal asks for a checkpoint: loading a 32B checkpoint or the final save take minutes,
+    # and the default handlers would end the job by the signal, which the Slurm scripts do not requeue
+    preemption = Preemption()
     start = ckpt.restore(model, optimizer, scheduler) if cfg.resume == "auto" else 0
     if start == 0 and cfg.model.init:
         ckpt.load_init(cfg.model.init)
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     if start >= end:
         if env.is_main:
             console.print(f"{run_dir}: already trained {start}/{end} steps; nothing to do")
+        preemption.close()
         ckpt.close()
         shutdown()
         return
@@ -217,7 +221,6 @@ def main(argv: list[str] | None = None) -> None:
         if few_bins:
             console.print(f"[yellow]note:[/] {few_bins}")
     ckpt.at_start(model, start)
-    preemption = Preemption()
     bar = progress()  # drawn on interactive terminals, by rank 0 only
     if env.is_main:
         bar.start()
@@ -309,9 +312,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(PREEMPTED_EXIT)
 
     # ---- the end ------------------------------------------------------------------------------------
-    preemption.close()
     bar.stop()
     ckpt.at_end(model, optimizer, scheduler, end)  # full checkpoint (and snapshot) at `end`
+    preemption.close()  # a signal during the final save waited for it: the run is complete
     if env.is_main:
         log.close()
         done = f"done: {end} steps" if end == cfg.train.steps else f"stopped at step {end}/{cfg.train.steps} (train.stop_at)"

@@ -246,14 +246,15 @@ POSITIVE: tuple[str, ...] = (
     "generation.batch_size", "generation.tp", "bottleneck.window", "bottleneck.every",
     "profile.micro_batch_size", "data.seq_length", "online.eval_every",
 )
-# shape overrides: null keeps the preset's value; a value set must be > 0 (num_experts=0 makes an MoE preset
-# dense, first_k_dense and the shared expert may be 0)
+# shape overrides: null keeps the preset's value; a value set must be > 0, or >= 0 for the MoE fields (0 in
+# every dense shape: num_experts=0 makes an MoE preset dense; an MoE shape's own check wants experts > 0)
 POSITIVE_IF_SET: tuple[str, ...] = (
     "model.num_layers", "model.hidden_size", "model.ffn_hidden_size", "model.num_attention_heads",
     "model.num_query_groups", "model.head_dim", "model.rope_theta", "model.norm_eps",
-    "model.max_position_embeddings", "model.rotary_percent", "model.moe_ffn_hidden_size", "model.moe_topk",
+    "model.max_position_embeddings", "model.rotary_percent",
 )
-NON_NEGATIVE_IF_SET: tuple[str, ...] = ("model.num_experts", "model.moe_shared_expert_size", "model.first_k_dense")
+NON_NEGATIVE_IF_SET: tuple[str, ...] = ("model.num_experts", "model.moe_ffn_hidden_size", "model.moe_topk",
+                                        "model.moe_shared_expert_size", "model.first_k_dense")
 NON_NEGATIVE: tuple[str, ...] = (
     "train.lr", "train.min_lr", "train.warmup_steps", "train.weight_decay", "train.clip_grad",
     "checkpoint.save_interval", "checkpoint.snapshot_interval", "generation.temperature",

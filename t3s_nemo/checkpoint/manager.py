@@ -130,7 +130,7 @@ class CheckpointManager:
         if self._queue is None:
             dist_checkpointing.save(sharded, str(path))
             W.finish(path, marker)
-            if after:
+            if after and self.is_main:
                 after()
             return
         request = dist_checkpointing.save(sharded, str(path), async_sharded_save=True,
@@ -147,13 +147,16 @@ class CheckpointManager:
         self._queue.schedule_async_request(request)
 
     def snapshot(self, model_chunks, step: int) -> None:
+        self._last_snapshot = step  # first: a synchronous save's retention must keep it as the newest
         self._save(W.model_sharded_state_dict(model_chunks), self.snapshots / f"step_{step}",
                    self._marker(W.KIND_WEIGHTS, step), after=self._retain_snapshots)
-        self._last_snapshot = step
 
     def save_full(self, model, optimizer, scheduler, step: int) -> None:
         from t3s_nemo.training.setup import unwrap
 
+        if step == self._last_full:  # saved at this step already (a preemption right after a periodic save):
+            return  # writing it again would first delete the complete one
+        self._last_full = step
         chunks = unwrap(model)
         sharded = W.model_sharded_state_dict(chunks)
         sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_METADATA)
@@ -163,7 +166,6 @@ class CheckpointManager:
         sharded["adam_step"] = _adam_step(optimizer)
         self._save(sharded, self.checkpoints / f"iter_{step}", self._marker(W.KIND_FULL, step),
                    after=self._retain_full)
-        self._last_full = step
 
     def poll(self, blocking: bool = False) -> None:
         if self._queue is not None:
@@ -176,11 +178,11 @@ class CheckpointManager:
 
         c = self.ccfg
         if c.snapshot_interval and self.is_main:
-            n = len(range(0 if c.snapshot_step0 else c.snapshot_interval, self.cfg.train.steps + 1,
-                          c.snapshot_interval))
+            written, kept = snapshot_plan(c, self.cfg.train.steps)
             per = snapshot_bytes(num_parameters(self.bundle.shape, self.bundle.vocab_size), self.bundle.dtype)
-            kept = n if c.snapshot_keep_every == 1 else n // c.snapshot_keep_every + 1
-            console.print(f"snapshots: {n} of {_human(per)} each -> up to {_human(per * kept)} in {self.snapshots}")
+            also = "" if len(kept) == len(written) else f", {len(kept)} kept"
+            console.print(f"snapshots: {len(written)} of {_human(per)} each{also} -> up to {_human(per * len(kept))} "
+                          f"in {self.snapshots}")
         if c.snapshot_interval and c.snapshot_step0 and start == 0 and not W.is_complete(self.snapshots / "step_0"):
             self.snapshot(unwrap(model), 0)
 
@@ -236,7 +238,12 @@ class CheckpointManager:
             sharded["rng"] = _rng_sharded()
         sharded["step"] = None
         sharded["adam_step"] = None
-        loaded = dist_checkpointing.load(sharded, str(path))
+        try:
+            loaded = dist_checkpointing.load(sharded, str(path))
+        except Exception as e:  # megatron and torch.distributed.checkpoint raise many types for damaged files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise T3SError(f"{path}: cannot load this checkpoint ({type(e).__name__}: {first[:300]}); if it is "
+                           f"damaged, move it out of {self.checkpoints} to resume from the one before") from None
         keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
         for chunk, key in zip(chunks, keys):
             chunk.load_state_dict(loaded[key])
@@ -280,7 +287,7 @@ class CheckpointManager:
         from t3s_nemo.training.distributed import long_barrier
 
         converted = self.run_dir / "init_from_hf"
-        if self.is_main and not W.is_complete(converted):
+        if self.is_main and needs_conversion(converted, hf_dir):
             console.print(f"converting {hf_dir} to {converted} (once per run directory)")
             # a clean single-process CPU environment: not a member of this run's process group (torchrun's
             # TORCHELASTIC_USE_AGENT_STORE would make the child wait on the agent's rendezvous store)
@@ -328,18 +335,62 @@ class CheckpointManager:
     def _retain_full(self) -> None:
         done = step_dirs(self.checkpoints)
         for _, path in done[: max(0, len(done) - self.ccfg.keep_last)]:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
+        _remove_interrupted(self.checkpoints, done)
 
     def _retain_snapshots(self) -> None:
-        c = self.ccfg
-        for step, path in step_dirs(self.snapshots):
-            keep = step % (c.snapshot_interval * c.snapshot_keep_every) == 0 or step == 0
-            if c.snapshot_window is not None and not c.snapshot_window[0] <= step <= c.snapshot_window[1] and step != 0:
-                keep = False
-            if step == self._last_snapshot:
-                keep = True  # the newest is kept until a newer one exists
-            if not keep:
-                shutil.rmtree(path, ignore_errors=True)
+        done = step_dirs(self.snapshots)
+        for step, path in done:
+            # the newest is kept until a newer one exists
+            if step != self._last_snapshot and not keeps_snapshot(self.ccfg, step):
+                _remove(path)
+        _remove_interrupted(self.snapshots, done)
+
+
+def needs_conversion(converted: Path, hf_dir: Path) -> bool:
+    """Whether run_dir/init_from_hf must be (re)made from hf_dir: missing, interrupted, or made from another
+    model.init (a first launch that died before its first checkpoint, relaunched with another one)."""
+    if not W.is_complete(converted):
+        return True
+    made_from = W.read_marker(converted).get("source")
+    return not made_from or Path(made_from).resolve() != Path(hf_dir).resolve()
+
+
+def keeps_snapshot(c, step: int) -> bool:
+    """Whether retention keeps snapshot `step` (besides the newest, always kept): step 0, every
+    snapshot_keep_every-th on the snapshot grid, within snapshot_window."""
+    if step == 0:
+        return True
+    if step % (c.snapshot_interval * c.snapshot_keep_every):
+        return False
+    return c.snapshot_window is None or c.snapshot_window[0] <= step <= c.snapshot_window[1]
+
+
+def snapshot_plan(c, steps: int) -> tuple[list[int], list[int]]:
+    """(steps a run of `steps` steps snapshots, those retention keeps at its end), for the disk estimate."""
+    written = list(range(0 if c.snapshot_step0 else c.snapshot_interval, steps + 1, c.snapshot_interval))
+    if steps not in written:
+        written.append(steps)  # at_end snapshots the last step, on the grid or not
+    return written, [s for s in written if s == steps or keeps_snapshot(c, s)]
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint directory marker first: killed halfway, it is an interrupted save, not a
+    complete one missing its data."""
+    with contextlib.suppress(FileNotFoundError):
+        (path / W.MARKER).unlink()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_interrupted(parent: Path, done: list[tuple[int, Path]]) -> None:
+    """Interrupted saves (no marker) older than the newest complete one: saves finish in order, so none
+    of them is still being written, and each may be as large as a full checkpoint."""
+    if not done:
+        return
+    newest = done[-1][0]
+    for step, path in step_dirs(parent, complete_only=False):
+        if step < newest and not W.is_complete(path):
+            _remove(path)
 
 
 def _prime_adam_state(optimizer) -> None:

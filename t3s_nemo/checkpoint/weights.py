@@ -65,8 +65,10 @@ def _is_main() -> bool:
 def prepare_dir(path: Path) -> None:
     """Empty directory for a save; a leftover from an interrupted save of the same step is removed."""
     if _is_main():
-        if path.exists():
+        if path.is_dir():
             shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():  # a stray file by the name the save needs
+            path.unlink()
         path.mkdir(parents=True)
     _barrier()
 

@@ -32,3 +32,16 @@ def test_export_config_of_a_qwen3_8b_snapshot_declares_qwen3s_context(demo_token
     marker = {"preset": "imported", "shape": dataclasses.asdict(IMPORTED)}
     cfg = hf_config(resolve_shape(config_for(marker).model), 151936, "bfloat16", demo_tokenizer)
     assert (cfg["max_position_embeddings"], cfg["rms_norm_eps"]) == (32768, 1e-5)
+
+
+def test_every_presets_marker_rebuilds_a_valid_config():
+    """Profile, export and RRT rebuild a checkpoint's config from its marker's shape: a dense shape's zero
+    MoE fields must pass the config's own checks (a check on them once stopped the demo at its profile)."""
+    import dataclasses
+
+    from t3s_nemo.checkpoint.consolidate import config_for
+    from t3s_nemo.model.qwen3 import PRESETS
+
+    for name, shape in PRESETS.items():
+        cfg = config_for({"kind": "weights", "preset": name, "shape": dataclasses.asdict(shape)})
+        assert cfg.model.num_layers == shape.num_layers, name
