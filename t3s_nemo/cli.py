@@ -374,7 +374,13 @@ def rrt(
         cfg = load_config(run / "config.yaml")
         # the student's own theta_0 and theta_b (whatever selector profiled it), where not given
         base, bottleneck = run_checkpoints(run, str(base or ""), str(bottleneck or ""))
-        final = final or step_dirs(run / "snapshots")[-1][1]
+        if final is None:
+            from t3s_nemo.config import pipeline_hint
+
+            snaps = step_dirs(run / "snapshots")
+            if not snaps:
+                raise T3SError(f"{run}/snapshots: no complete snapshots for theta_f (pass --final)" + pipeline_hint(run))
+            final = snaps[-1][1]
         out = out or run / "rrt"
         parallel, note = run_layout(cfg, nproc_per_node, tp, pp, doing="computing RRT")
         if note:
@@ -525,7 +531,8 @@ def config_(
 ):
     """Print the resolved config: every key with its value and what it means, after the overrides.
 
-    What a run started with the same arguments uses (its run_dir/config.yaml holds the same values).
+    What a run started with the same arguments uses; its run_dir/config.yaml also records what the run
+    resolves (data.path made absolute, data.seq_length of the packed dataset, a dLLM's mask_token_id).
     The config is checked as a run checks it: unknown keys, types, choices and ranges; with
     --nproc-per-node, also the parallel layout against the world size, before you queue a job.
 

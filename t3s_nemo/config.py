@@ -24,13 +24,13 @@ from t3s_nemo.io import atomic_write_text, read_text
 
 @dataclass
 class DataConfig:
-    """The packed dataset, and how `t3s pipeline` packs it when it does not exist yet."""
+    """The packed dataset, and how a run packs data.input into run_dir/data when data.path is empty."""
 
     path: str = ""  # packed dataset directory (`t3s data pack --output`)
     shuffle: bool = True  # shuffle packed bins each epoch (seeded by train.seed)
-    # Packing inputs, used by `t3s pipeline` / `t3s demo` when data.path is empty or missing.
-    input: str = ""
-    tokenizer: str = ""
+    # Packing inputs (`t3s sft`, `t3s train`, `t3s pipeline`, `t3s demo`) when data.path is empty.
+    input: str = ""  # JSONL file, directory of *.jsonl, or saved HF dataset packed into run_dir/data
+    tokenizer: str = ""  # the student's tokenizer directory, for packing data.input
     seq_length: int = 2048  # packs data.input; a run's config.yaml records its dataset's
     on_overflow: str = "error"  # error | drop | truncate
     template: str = "auto"  # auto | chat | plain
@@ -53,9 +53,9 @@ class ModelConfig:
     objective: str = "ar"  # ar (next-token) | dllm (masked diffusion, docs/dllm.md)
     recompute: str = "none"  # none | selective | full activation recomputation
     # dllm only: the mask token (null = the tokenizer's mask token, else len(tokenizer), an extra id;
-    # the chosen id is written back to config.yaml) and the lowest noise level t ~ U(noise_eps, 1)
+    # the chosen id is written back to config.yaml)
     mask_token_id: Optional[int] = None
-    noise_eps: float = 1e-3
+    noise_eps: float = 1e-3  # dllm only: the lowest noise level, t ~ U(noise_eps, 1)
     # Shape overrides (null = the preset's value).
     num_layers: Optional[int] = None
     hidden_size: Optional[int] = None
@@ -627,7 +627,10 @@ def _dataset_identity(path: str) -> Optional[tuple]:
         m = json.loads(meta.read_text())
     except (OSError, ValueError):
         return None
-    return (m.get("source", {}).get("hash"), m.get("num_examples"), m.get("seq_length"))
+    # the packing source, and what packing made of it: another template, system prompt or mix of the same
+    # teachers changes the bins and tokens
+    return (m.get("source", {}).get("hash"), m.get("num_examples"), m.get("seq_length"), m.get("num_bins"),
+            m.get("num_tokens"), m.get("template"), (m.get("tokenizer") or {}).get("fingerprint"))
 
 
 def check_run_dir(cfg: Config) -> None:
@@ -664,8 +667,14 @@ def check_run_dir(cfg: Config) -> None:
     def show(v: Any) -> str:  # as config.yaml and the command line write it
         return "null" if v is None else repr(v)
 
+    def same(k: str) -> bool:
+        a, b = get(saved, k), get(cfg, k)
+        if k == "model.init" and a and b:  # one checkpoint, spelled relative or absolute
+            return Path(resolve_path(a)).resolve() == Path(resolve_path(b)).resolve()
+        return a == b
+
     changed = [f"{k} {show(get(saved, k))} -> {show(get(cfg, k))}" for k in frozen
-               if not dataclasses.is_dataclass(get(saved, k)) and get(saved, k) != get(cfg, k)
+               if not dataclasses.is_dataclass(get(saved, k)) and not same(k)
                and not (k == "model.mask_token_id" and get(cfg, k) is None)]
     old, new = saved.data.path, cfg.data.path
     if old and new and old != new:  # the data moved, or is other data: its content says which

@@ -12,8 +12,8 @@ rank finish.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -149,7 +149,7 @@ class CheckpointManager:
     def snapshot(self, model_chunks, step: int) -> None:
         self._last_snapshot = step  # first: a synchronous save's retention must keep it as the newest
         self._save(W.model_sharded_state_dict(model_chunks), self.snapshots / f"step_{step}",
-                   self._marker(W.KIND_WEIGHTS, step), after=self._retain_snapshots)
+                   self._marker(W.KIND_WEIGHTS, step), after=functools.partial(self._retain_snapshots, step))
 
     def save_full(self, model, optimizer, scheduler, step: int) -> None:
         from t3s_nemo.training.setup import unwrap
@@ -165,7 +165,7 @@ class CheckpointManager:
         sharded["step"] = step
         sharded["adam_step"] = _adam_step(optimizer)
         self._save(sharded, self.checkpoints / f"iter_{step}", self._marker(W.KIND_FULL, step),
-                   after=self._retain_full)
+                   after=functools.partial(self._retain_full, step))
 
     def poll(self, blocking: bool = False) -> None:
         if self._queue is not None:
@@ -240,10 +240,13 @@ class CheckpointManager:
         sharded["adam_step"] = None
         try:
             loaded = dist_checkpointing.load(sharded, str(path))
-        except Exception as e:  # megatron and torch.distributed.checkpoint raise many types for damaged files
+        except torch.cuda.OutOfMemoryError:
+            raise  # the layout's memory, not the checkpoint
+        except (FileNotFoundError, EOFError, KeyError, ValueError, RuntimeError) as e:
+            # what torch.distributed.checkpoint raises for missing or cut shards; the cause stays chained
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise T3SError(f"{path}: cannot load this checkpoint ({type(e).__name__}: {first[:300]}); if it is "
-                           f"damaged, move it out of {self.checkpoints} to resume from the one before") from None
+            raise T3SError(f"{path}: cannot load this checkpoint ({type(e).__name__}: {first[:300]}); a damaged "
+                           f"checkpoint can be moved out of {self.checkpoints} to resume from the one before") from e
         keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
         for chunk, key in zip(chunks, keys):
             chunk.load_state_dict(loaded[key])
@@ -332,19 +335,20 @@ class CheckpointManager:
                               + " ".join(f"model.{k}={shape[k]}" for k in other))
 
     # ---- retention ----------------------------------------------------------------------------------
-    def _retain_full(self) -> None:
+    # `saved`: the step whose save just completed. Saves complete in order, so any save still being
+    # written is of a later step; an unmarked directory of an earlier one is an interrupted save
+    def _retain_full(self, saved: int) -> None:
         done = step_dirs(self.checkpoints)
         for _, path in done[: max(0, len(done) - self.ccfg.keep_last)]:
-            _remove(path)
-        _remove_interrupted(self.checkpoints, done)
+            W.remove_checkpoint(path)
+        _remove_interrupted(self.checkpoints, saved)
 
-    def _retain_snapshots(self) -> None:
-        done = step_dirs(self.snapshots)
-        for step, path in done:
+    def _retain_snapshots(self, saved: int) -> None:
+        for step, path in step_dirs(self.snapshots):
             # the newest is kept until a newer one exists
             if step != self._last_snapshot and not keeps_snapshot(self.ccfg, step):
-                _remove(path)
-        _remove_interrupted(self.snapshots, done)
+                W.remove_checkpoint(path)
+        _remove_interrupted(self.snapshots, saved)
 
 
 def needs_conversion(converted: Path, hf_dir: Path) -> bool:
@@ -374,23 +378,13 @@ def snapshot_plan(c, steps: int) -> tuple[list[int], list[int]]:
     return written, [s for s in written if s == steps or keeps_snapshot(c, s)]
 
 
-def _remove(path: Path) -> None:
-    """Delete a checkpoint directory marker first: killed halfway, it is an interrupted save, not a
-    complete one missing its data."""
-    with contextlib.suppress(FileNotFoundError):
-        (path / W.MARKER).unlink()
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_interrupted(parent: Path, done: list[tuple[int, Path]]) -> None:
-    """Interrupted saves (no marker) older than the newest complete one: saves finish in order, so none
-    of them is still being written, and each may be as large as a full checkpoint."""
-    if not done:
-        return
-    newest = done[-1][0]
+def _remove_interrupted(parent: Path, saved: int) -> None:
+    """Interrupted saves (no marker) of steps before `saved`, the save that just completed: none is still
+    being written (saves complete in order; a previous launch's later steps may still be on disk, so
+    the newest on disk is no bound), and each may be as large as a full checkpoint."""
     for step, path in step_dirs(parent, complete_only=False):
-        if step < newest and not W.is_complete(path):
-            _remove(path)
+        if step < saved and not W.is_complete(path):
+            W.remove_checkpoint(path)
 
 
 def _prime_adam_state(optimizer) -> None:

@@ -8,6 +8,7 @@ checkpoint saved at one TP/PP layout loads at any other (dist_checkpointing resh
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -62,11 +63,20 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint directory, marker first: killed halfway, it is an interrupted save, never a
+    "complete" one missing its data."""
+    with contextlib.suppress(FileNotFoundError):
+        (path / MARKER).unlink()
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def prepare_dir(path: Path) -> None:
-    """Empty directory for a save; a leftover from an interrupted save of the same step is removed."""
+    """Empty directory for a save; a leftover of the same step (interrupted, or a previous launch's
+    complete one past the step a resume restarted from) is removed."""
     if _is_main():
         if path.is_dir():
-            shutil.rmtree(path)
+            remove_checkpoint(path)
         elif path.exists() or path.is_symlink():  # a stray file by the name the save needs
             path.unlink()
         path.mkdir(parents=True)

@@ -15,6 +15,7 @@ process, and dist_checkpointing reshards to any layout when a run loads the resu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -276,7 +277,7 @@ def import_(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> Pat
               "shape": {k: getattr(shape, k) for k in shape.__dataclass_fields__},
               "padded_vocab_size": vocab, "tokenizer_fingerprint": fingerprint(tok), "tokenizer": str(hf_dir),
               "dtype": "bfloat16" if state["embedding.word_embeddings.weight"].dtype == torch.bfloat16 else "float32",
-              "objective": "ar", "source": str(hf_dir)}
+              "objective": "ar", "source": os.path.abspath(hf_dir)}
     cfg = config_for(marker)
     init_distributed()
     init_model_parallel(cfg.parallel)

@@ -64,7 +64,8 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
             changes = [f"(the saved config.yaml could not be read: {e})"]
         if changes:
             console.print(f"[yellow]note:[/] {root} was made with another config; stages that finished keep "
-                          "their results, the rest run with the new one (a new run_dir starts afresh). Changed: "
+                          "their results, the rest run with the new one, but a training run that started refuses a change "
+                          "to what its trajectory depends on (a new run_dir starts afresh). Changed: "
                           + "; ".join(changes))
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, root / "config.yaml")
@@ -100,8 +101,9 @@ def run_pipeline(config: Path, overrides: Optional[list[str]] = None, nproc: int
     stage("3. profile: log p at theta_0 and theta_b -> delta")
     if profiled(PackedDataset(data), sft_dir, cfg):
         console.print("done already")
-    else:
-        profile_run(sft_dir, nproc)
+    else:  # the selectors this config names (the trajectory run's config.yaml keeps those it started with)
+        profile_run(sft_dir, nproc, [f"profile.selector_base={cfg.profile.selector_base}",
+                                     f"profile.selector_bottleneck={cfg.profile.selector_bottleneck}"])
 
     rules = [cfg.pipeline.mask_rule] + [b for b in cfg.pipeline.baselines if b != cfg.pipeline.mask_rule]
     stage(f"4. masks: {', '.join(rules)}")

@@ -86,3 +86,20 @@ def test_a_converted_hugging_face_init_is_redone_for_another_model_init(tmp_path
     (converted / "t3s.json").write_text(json.dumps({"kind": "weights", "source": str(a)}))
     assert not needs_conversion(converted, a) and not needs_conversion(converted, tmp_path / "x" / ".." / "A")
     assert needs_conversion(converted, b)
+
+
+def test_interrupted_saves_are_removed_only_below_the_save_that_completed(tmp_path):
+    """After a resume the previous launch's later snapshots are still on disk: saves of steps between the
+    one just completed and those may be in flight (unmarked) and must survive."""
+    import json
+
+    from t3s_nemo.checkpoint.manager import _remove_interrupted, step_dirs
+
+    snaps = tmp_path / "snapshots"
+    for step in range(58):
+        (snaps / f"step_{step}").mkdir(parents=True)
+        if step not in (49, 52, 53):  # 49: interrupted long ago; 52, 53: this launch's saves, in flight
+            (snaps / f"step_{step}" / "t3s.json").write_text(json.dumps({"step": step}))
+    _remove_interrupted(snaps, saved=51)
+    present = [s for s, _ in step_dirs(snaps, complete_only=False)]
+    assert 49 not in present and 52 in present and 53 in present and present[-1] == 57

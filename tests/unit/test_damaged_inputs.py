@@ -191,3 +191,19 @@ def test_a_damaged_meta_json_names_the_field(packed_copy, damage, message):
     (packed_copy / "meta.json").write_text(json.dumps(damage(meta)))
     with pytest.raises(T3SError, match=message):
         PackedDataset(packed_copy)
+
+
+def test_rrt_on_a_run_without_snapshots_names_theta_f(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from t3s_nemo.cli import main
+
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    (run / "config.yaml").write_text("")
+    a, b = snapshot(tmp_path / "a"), snapshot(tmp_path / "b")
+    monkeypatch.setattr(sys, "argv", ["t3s", "rrt", str(run), "--base", str(a), "--bottleneck", str(b)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 1
+    assert capsys.readouterr().err.strip() == f"error: {run}/snapshots: no complete snapshots for theta_f (pass --final)"

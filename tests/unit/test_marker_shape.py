@@ -39,9 +39,13 @@ def test_every_presets_marker_rebuilds_a_valid_config():
     MoE fields must pass the config's own checks (a check on them once stopped the demo at its profile)."""
     import dataclasses
 
-    from t3s_nemo.checkpoint.consolidate import config_for
+    from t3s_nemo.checkpoint.consolidate import config_for, run_config
+    from t3s_nemo.config import validate
     from t3s_nemo.model.qwen3 import PRESETS
 
     for name, shape in PRESETS.items():
-        cfg = config_for({"kind": "weights", "preset": name, "shape": dataclasses.asdict(shape)})
+        marker = {"kind": "weights", "preset": name, "shape": dataclasses.asdict(shape)}
+        cfg = config_for(marker)
+        validate(cfg)
         assert cfg.model.num_layers == shape.num_layers, name
+        assert run_config(marker, ["parallel.tp=1"]).model.num_layers == shape.num_layers, name

@@ -84,6 +84,29 @@ def test_a_resume_on_another_dataset_is_refused(run, tmp_path):
         check_run_dir(launch(root, other))
 
 
+def test_a_repack_with_the_same_source_but_other_bins_is_another_dataset(run, tmp_path):
+    root, data = run
+    meta = json.loads((Path(data) / "meta.json").read_text())
+    other = tmp_path / "repacked"
+    other.mkdir()
+    (other / "meta.json").write_text(json.dumps({**meta, "num_bins": 3, "template": "plain"}))
+    with pytest.raises(T3SError, match="another dataset"):
+        check_run_dir(launch(root, str(other)))
+
+
+def test_model_init_spelled_another_way_is_the_same_run(tmp_path, monkeypatch):
+    root = tmp_path / "run"
+    init = tmp_path / "init" / "step_0"
+    init.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    save_config(load_config(TINY, [f"run_dir={root}", "model.init=init/step_0"]), _mk(root) / "config.yaml")
+    (root / "trajectory.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
+    check_run_dir(load_config(TINY, [f"run_dir={root}", f"model.init={init}"]))
+    (tmp_path / "init" / "step_9").mkdir()
+    with pytest.raises(T3SError, match="model.init 'init/step_0' -> "):
+        check_run_dir(load_config(TINY, [f"run_dir={root}", f"model.init={tmp_path / 'init' / 'step_9'}"]))
+
+
 def test_an_empty_or_new_run_dir_is_never_refused(tmp_path):
     check_run_dir(load_config(TINY, [f"run_dir={tmp_path / 'new'}", "resume=never"]))
     (tmp_path / "empty" / "snapshots").mkdir(parents=True)  # made, nothing saved yet
