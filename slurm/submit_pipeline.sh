@@ -84,7 +84,7 @@ data = resolve_path(cfg.data.path) if cfg.data.path else str(sft / "data")
 # the retraining runs snapshot as `t3s pipeline` has them: for the curves, at least every step
 retrain_snapshots = cfg.checkpoint.snapshot_interval or int(cfg.pipeline.curves)
 print(root, data, sft_steps, interval, retrain_snapshots, cfg.train.steps, int(cfg.pipeline.rrt), evaluated,
-      cfg.train.seed, int(cfg.pipeline.curves), sep="\n")
+      cfg.train.seed, int(cfg.pipeline.curves), cfg.profile.selector_base, cfg.profile.selector_bottleneck, sep="\n")
 for i, rule in enumerate(rules):
     print(rule, "t3s" if i == 0 else rule, MASK_CHANNEL[rule])
 PY
@@ -97,7 +97,12 @@ resolved=$("$PY" -c "$RESOLVE" "$mode" "$@") || {
 mapfile -t v <<<"$resolved"
 root=${v[0]} data=${v[1]} sft_steps=${v[2]} sft_snapshots=${v[3]} snapshots=${v[4]} steps=${v[5]} rrt=${v[6]}
 evaluated=${v[7]} seed=${v[8]} curves=${v[9]}
-rules=("${v[@]:10}")
+# the profile's selectors as this config names them (the trajectory run's config.yaml keeps those it
+# started with, which a resubmission with other selectors must not use)
+selectors=()
+if [ -n "${v[10]}" ]; then selectors+=("profile.selector_base=${v[10]}"); fi
+if [ -n "${v[11]}" ]; then selectors+=("profile.selector_bottleneck=${v[11]}"); fi
+rules=("${v[@]:12}")
 tasks=${T3S_BOTTLENECK_TASKS:-$((evaluated < 8 ? evaluated : 8))}
 if ! [[ "$tasks" =~ ^[1-9][0-9]*$ ]]; then
   echo "submit_pipeline: T3S_BOTTLENECK_TASKS=$tasks: expected a positive integer" >&2
@@ -153,7 +158,7 @@ else
   submit bottleneck "$sft_job" "${bottleneck_args[@]}" "$here/bottleneck.sbatch" "$root/sft"
 fi
 bottleneck_job=$job
-submit profile "$bottleneck_job" "${profile_args[@]}" "$here/profile.sbatch" "$root/sft"
+submit profile "$bottleneck_job" "${profile_args[@]}" "$here/profile.sbatch" "$root/sft" "${selectors[@]}"
 mask_job=$job
 # the masks write into the one dataset: one after the other (seeded with train.seed, as `t3s pipeline` does)
 for entry in "${rules[@]}"; do

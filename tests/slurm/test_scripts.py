@@ -159,3 +159,14 @@ def test_pipeline_submitter_refuses_a_dllm_student_before_submitting(tmp_path):
     p = dry_run(tmp_path, tmp_path / "run", "model.objective=dllm")
     assert p.returncode == 1 and not p.stdout  # nothing submitted: the profile job would have failed hours in
     assert "config key 'model.objective': dllm; the pipeline runs the AR recipe" in p.stderr
+
+
+def test_pipeline_submitter_profiles_with_the_configs_selectors(tmp_path):
+    """The trajectory run's config.yaml keeps the selectors it started with: a resubmission naming others
+    passes them to the profile job (a path with a space stays one argument)."""
+    root = tmp_path / "run"
+    jobs = parse_jobs(dry_run(tmp_path, root, "profile.selector_base=/sel/8b step0",
+                              "profile.selector_bottleneck=/sel/8b/b").stdout)
+    assert jobs["t3s-profile"]["args"] == [f"{root}/sft", "profile.selector_base=/sel/8b step0",
+                                           "profile.selector_bottleneck=/sel/8b/b"]
+    assert parse_jobs(dry_run(tmp_path, root).stdout)["t3s-profile"]["args"] == [f"{root}/sft"]
